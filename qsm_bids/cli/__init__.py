@@ -1,0 +1,1 @@
+"""The ``qsm-bids`` command line."""

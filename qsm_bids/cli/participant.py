@@ -1,0 +1,186 @@
+"""The participant level: validate everything, build the workflow, run it, summarise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from qsm_bids import __version__
+from qsm_bids.bids.derivatives import derivative_path, write_dataset_description
+from qsm_bids.bids.layout import Run, find_runs, validate_output_dir
+from qsm_bids.errors import QSMInputError
+from qsm_bids.recipe import Recipe
+
+log = logging.getLogger("qsm_bids")
+
+
+@dataclass
+class ParticipantResult:
+    """What a participant-level run produced."""
+
+    succeeded: list[Run] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # run name -> one-line reason
+    seconds: float = 0.0
+
+
+def check_run_headers(run: Run) -> None:
+    """Cheap checks on headers only: every echo file is a readable 3D image of one shape and
+    affine. Raises :class:`QSMInputError` naming the offending file."""
+    ref_path = run.phase_files[0]
+    ref = None
+    for path in (*run.phase_files, *run.magnitude_files):
+        try:
+            img = nb.load(str(path))
+        except Exception as exc:  # nibabel raises several types for a broken file
+            raise QSMInputError(path, f"cannot read NIfTI header ({exc})") from exc
+        if len(img.shape) != 3:
+            raise QSMInputError(path, f"expected a 3D image per echo, found shape {img.shape}")
+        if ref is None:
+            ref = img
+            continue
+        if img.shape != ref.shape:
+            raise QSMInputError(path, f"shape {img.shape} differs from {ref_path.name} {ref.shape}")
+        if not np.allclose(img.affine, ref.affine, atol=1e-4):
+            raise QSMInputError(path, f"affine differs from that of {ref_path.name}")
+
+
+def find_mask_files(runs: list[Run], derivatives: Path | None, mask_file: Path | None) -> dict[str, str]:
+    """User brain masks per run name, from ``--mask-file`` or a derivatives folder."""
+    if mask_file is not None:
+        if len(runs) != 1:
+            raise QSMInputError(mask_file, f"--mask-file needs exactly one run, found {len(runs)}")
+        if not mask_file.is_file():
+            raise QSMInputError(mask_file, "mask file not found")
+        return {runs[0].name: str(mask_file.resolve())}
+    if derivatives is None:
+        return {}
+    if not derivatives.is_dir():
+        raise QSMInputError(derivatives, "derivatives folder not found")
+    found = {}
+    for run in runs:
+        for ext in (".nii.gz", ".nii"):
+            path = derivative_path(derivatives, run, "mask", desc="brain", extension=ext)
+            if path.is_file():
+                found[run.name] = str(path.resolve())
+                break
+    return found
+
+
+def resolve_resources(nprocs: int, mem_gb: float) -> tuple[int, float]:
+    """Cores and memory (GB) to use: the user's values or what the machine has."""
+    cores = nprocs if nprocs > 0 else (len(os.sched_getaffinity(0)) or 1)
+    if mem_gb <= 0:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+        except (ValueError, OSError):
+            total = 8.0
+        mem_gb = 0.9 * total
+    return cores, mem_gb
+
+
+def run_participant_level(
+    bids_dir: Path,
+    output_dir: Path,
+    recipe: Recipe,
+    *,
+    participant_labels: list[str] | None = None,
+    session_labels: list[str] | None = None,
+    work_dir: Path = Path("work"),
+    nprocs: int = 0,
+    mem_gb: float = 0,
+    mask_file: Path | None = None,
+    derivatives: Path | None = None,
+    reference_mask: Path | None = None,
+) -> ParticipantResult:
+    """Process every selected run; inputs are validated before anything heavy starts.
+
+    Raises
+    ------
+    QSMInputError
+        Any problem with the inputs, before anything is written.
+    """
+    from qsm_bids.pipeline.base import init_participant_wf
+
+    start = time.monotonic()
+    bids_dir = bids_dir.resolve()
+    output_dir = output_dir.resolve()
+    validate_output_dir(bids_dir, output_dir)
+    runs = find_runs(bids_dir, participant_labels, session_labels)
+    for run in runs:
+        check_run_headers(run)
+    if recipe["reference"].algorithm == "mask":
+        if reference_mask is None or not reference_mask.is_file():
+            raise QSMInputError(
+                reference_mask, "the recipe references to a mask: give --reference-mask PATH"
+            )
+    masks = find_mask_files(runs, derivatives, mask_file)
+    cores, mem = resolve_resources(nprocs, mem_gb)
+    log.info(
+        "%d run(s): %s; pipeline %s; %d core(s), %.1f GB",
+        len(runs),
+        ", ".join(r.name for r in runs),
+        recipe.name,
+        cores,
+        mem,
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(output_dir, version=__version__, source_dir=bids_dir)
+    work_dir = work_dir.resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    wf = init_participant_wf(
+        runs,
+        recipe,
+        output_dir=output_dir,
+        bids_dir=bids_dir,
+        work_dir=work_dir,
+        mask_files=masks,
+        reference_mask=str(reference_mask.resolve()) if reference_mask else None,
+        n_procs=cores,
+    )
+    crash_dir = work_dir / "crash"
+    wf.config["execution"].update(
+        {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "remove_unnecessary_outputs": False,
+            "hash_method": "content",
+        }
+    )
+    try:
+        wf.run(plugin="MultiProc", plugin_args={"n_procs": cores, "memory_gb": mem})
+    except RuntimeError as exc:
+        log.debug("nipype reported: %s", exc)
+
+    result = ParticipantResult(seconds=time.monotonic() - start)
+    for run in runs:
+        chimap = derivative_path(output_dir, run, "Chimap")
+        if chimap.is_file() and chimap.with_name(chimap.name.replace(".nii.gz", ".json")).is_file():
+            result.succeeded.append(run)
+        else:
+            result.failed[run.name] = summarise_crash(crash_dir, run)
+    return result
+
+
+def summarise_crash(crash_dir: Path, run: Run) -> str:
+    """One readable line about why a run failed, with the crash file's path."""
+    from qsm_bids.pipeline.base import workflow_name
+
+    key = workflow_name(run)
+    files = sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime) if crash_dir.is_dir() else []
+    for path in reversed(files):
+        text = path.read_text(errors="replace")
+        if key not in text:
+            continue
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln and ":" in ln]
+        reason = errors[-1] if errors else lines[-1]
+        return f"{reason} (details: {path})"
+    return "no output was written (see the log above)"

@@ -1,0 +1,103 @@
+"""Writing a run's results as BIDS derivatives (atomically, sidecars after images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from qsm_bids import __version__
+from qsm_bids.bids.derivatives import derivative_path, sidecar_for, write_nifti_atomic
+from qsm_bids.interfaces.base import read_meta
+from qsm_bids.interfaces.load import run_from_json
+
+#: input name -> (suffix, desc, units, is_mask, stages whose provenance applies)
+OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
+    "chi": ("Chimap", None, "ppm", False, ("mask", "unwrap", "combine", "background", "inversion", "reference")),
+    "mask": ("mask", "brain", "", True, ("mask",)),
+    "local_mask": ("mask", "local", "", True, ("mask", "background")),
+    "total_field": ("fieldmap", "total", "Hz", False, ("mask", "unwrap", "combine")),
+    "local_field": ("fieldmap", "local", "Hz", False, ("mask", "unwrap", "combine", "background")),
+    "r2star": ("R2starmap", None, "1/s", False, ("mask", "r2star")),
+    "t2star": ("T2starmap", None, "s", False, ("mask", "r2star")),
+}
+
+
+class _WriteInputSpec(BaseInterfaceInputSpec):
+    run_json = traits.Str(mandatory=True, desc="the run (run_to_json)")
+    output_dir = traits.Str(mandatory=True, desc="derivatives root")
+    bids_dir = traits.Str(mandatory=True, desc="raw BIDS root (for Sources URIs)")
+    provenance = traits.Str(mandatory=True, desc="recipe provenance (JSON)")
+    meta = File(exists=True, mandatory=True, desc="run metadata JSON")
+    chi = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    local_mask = File(exists=True, mandatory=True)
+    total_field = File(exists=True, mandatory=True)
+    local_field = File(exists=True, mandatory=True)
+    r2star = File(exists=True)
+    t2star = File(exists=True)
+
+
+class _WriteOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str, desc="derivative files written")
+
+
+class WriteDerivatives(SimpleInterface):
+    """Write every output of one run with its JSON sidecar into the derivatives folder."""
+
+    input_spec = _WriteInputSpec
+    output_spec = _WriteOutputSpec
+
+    def _run_interface(self, runtime):
+        run = run_from_json(self.inputs.run_json)
+        meta = read_meta(self.inputs.meta)
+        recipe = json.loads(self.inputs.provenance)
+        source = nb.load(str(run.phase_files[0]))
+        common = {
+            "EchoTime": meta["echo_times"],
+            "MagneticFieldStrength": meta["field_strength"],
+            "B0Direction": meta["b0_dir"],
+            "Pipeline": recipe["Pipeline"],
+            "SoftwareVersion": f"qsm_bids {__version__}",
+        }
+        if meta["notes"]:
+            common["ProcessingNotes"] = meta["notes"]
+        written = []
+        for key, (suffix, desc, units, is_mask, stages) in OUTPUTS.items():
+            value = getattr(self.inputs, key)
+            if not isdefined(value):
+                continue
+            data = np.asarray(nb.load(value).dataobj)
+            path = derivative_path(Path(self.inputs.output_dir), run, suffix, desc=desc)
+            provenance = dict(common)
+            provenance["Stages"] = {s: recipe[s] for s in stages}
+            sidecar = sidecar_for(
+                run,
+                bids_dir=Path(self.inputs.bids_dir),
+                units=units or None,
+                skull_stripped=True,
+                provenance=provenance,
+            )
+            if is_mask:
+                sidecar["Type"] = "Brain"
+            write_nifti_atomic(
+                path,
+                (data > 0) if is_mask else data.astype(np.float32),
+                source.affine,
+                header=source.header,
+                dtype=np.uint8 if is_mask else np.float32,
+                sidecar=sidecar,
+            )
+            written.append(str(path))
+        self._results["out_files"] = written
+        return runtime

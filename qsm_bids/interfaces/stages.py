@@ -1,0 +1,273 @@
+"""One nipype interface per pipeline stage; each calls the algorithm chosen in the recipe.
+
+The numerics live in :mod:`qsm_bids.core`; these classes only read volumes, call
+:meth:`StageInterface.call` and write the results into the node's working directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from nipype.interfaces.base import File, TraitedSpec, isdefined
+
+from qsm_bids.core.physics import hz_to_ppm
+from qsm_bids.core.quality import phase_coherence
+from qsm_bids.core.relaxometry import t2star_from_r2star
+from qsm_bids.interfaces.base import (
+    StageInputSpec,
+    StageInterface,
+    read_mask,
+    read_meta,
+    read_volume,
+    write_like,
+)
+
+
+def _optional(path) -> np.ndarray | None:
+    return read_volume(path) if isdefined(path) and path else None
+
+
+# ---------------------------------------------------------------------------------- mask
+class _MaskInputSpec(StageInputSpec):
+    phase = File(exists=True, mandatory=True, desc="4D phase (rad)")
+    magnitude = File(exists=True, desc="4D magnitude")
+    mask_file = File(exists=True, desc="user-supplied brain mask; replaces the algorithm")
+
+
+class _MaskOutputSpec(TraitedSpec):
+    mask = File(exists=True, desc="brain mask (uint8)")
+
+
+class BrainMask(StageInterface):
+    """Brain mask from the magnitude, from a user mask file, or (phase-only data) from the
+    local phase coherence used as a pseudo-magnitude."""
+
+    stage = "mask"
+    input_spec = _MaskInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run_interface(self, runtime):
+        meta = read_meta(self.inputs.meta)
+        shape = tuple(meta["shape"][:3])
+        if isdefined(self.inputs.mask_file):
+            mask = read_mask(self.inputs.mask_file)
+            if mask.shape[:3] != shape:
+                raise ValueError(
+                    f"{self.inputs.mask_file}: mask shape {mask.shape} does not match the "
+                    f"data's {shape}"
+                )
+            mask = mask.reshape(shape)
+        else:
+            image = _optional(self.inputs.magnitude)
+            if image is None:
+                image = phase_coherence(read_volume(self.inputs.phase))
+            mask = self.call(image, tuple(meta["voxel_size"]))
+        self._results["mask"] = write_like(mask, self.inputs.phase, "mask", runtime.cwd)
+        return runtime
+
+
+# -------------------------------------------------------------------------------- unwrap
+class _UnwrapInputSpec(StageInputSpec):
+    phase = File(exists=True, mandatory=True, desc="4D wrapped phase (rad)")
+    magnitude = File(exists=True, desc="4D magnitude")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+
+
+class _UnwrapOutputSpec(TraitedSpec):
+    unwrapped = File(exists=True, desc="4D unwrapped phase (rad)")
+
+
+class UnwrapPhase(StageInterface):
+    """Spatial and temporal unwrapping of all echoes."""
+
+    stage = "unwrap"
+    input_spec = _UnwrapInputSpec
+    output_spec = _UnwrapOutputSpec
+
+    def _run_interface(self, runtime):
+        meta = read_meta(self.inputs.meta)
+        out = self.call(
+            read_volume(self.inputs.phase),
+            _optional(self.inputs.magnitude),
+            read_mask(self.inputs.mask),
+            tuple(meta["echo_times"]),
+            tuple(meta["voxel_size"]),
+        )
+        self._results["unwrapped"] = write_like(
+            out.astype(np.float32), self.inputs.phase, "unwrapped", runtime.cwd
+        )
+        return runtime
+
+
+# ------------------------------------------------------------------------------- combine
+class _CombineInputSpec(StageInputSpec):
+    unwrapped = File(exists=True, mandatory=True, desc="4D unwrapped phase (rad)")
+    magnitude = File(exists=True, desc="4D magnitude")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+
+
+class _CombineOutputSpec(TraitedSpec):
+    field = File(exists=True, desc="total field map (Hz)")
+    residual = File(exists=True, desc="echo-fit residual quality map (rad)")
+
+
+class CombineEchoes(StageInterface):
+    """Multi-echo combination into the total field map (Hz)."""
+
+    stage = "combine"
+    input_spec = _CombineInputSpec
+    output_spec = _CombineOutputSpec
+
+    def _run_interface(self, runtime):
+        meta = read_meta(self.inputs.meta)
+        mask = read_mask(self.inputs.mask)
+        field, residual = self.call(
+            read_volume(self.inputs.unwrapped),
+            _optional(self.inputs.magnitude),
+            mask,
+            tuple(meta["echo_times"]),
+            tuple(meta["voxel_size"]),
+        )
+        ref = self.inputs.mask
+        self._results["field"] = write_like(
+            np.where(mask, field, 0).astype(np.float32), ref, "field_hz", runtime.cwd
+        )
+        self._results["residual"] = write_like(
+            residual.astype(np.float32), ref, "fit_residual", runtime.cwd
+        )
+        return runtime
+
+
+# ---------------------------------------------------------------------------- background
+class _BackgroundInputSpec(StageInputSpec):
+    field = File(exists=True, mandatory=True, desc="total field (Hz)")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+
+
+class _BackgroundOutputSpec(TraitedSpec):
+    local_field = File(exists=True, desc="local field (Hz)")
+    local_mask = File(exists=True, desc="mask where the local field is valid")
+
+
+class BackgroundRemoval(StageInterface):
+    """Background field removal: total field (Hz) -> local field (Hz)."""
+
+    stage = "background"
+    input_spec = _BackgroundInputSpec
+    output_spec = _BackgroundOutputSpec
+
+    def _run_interface(self, runtime):
+        meta = read_meta(self.inputs.meta)
+        local, local_mask = self.call(
+            read_volume(self.inputs.field),
+            read_mask(self.inputs.mask),
+            tuple(meta["voxel_size"]),
+            tuple(meta["b0_dir"]),
+        )
+        ref = self.inputs.mask
+        self._results["local_field"] = write_like(
+            np.where(local_mask, local, 0).astype(np.float32), ref, "local_hz", runtime.cwd
+        )
+        self._results["local_mask"] = write_like(
+            np.asarray(local_mask, bool), ref, "local_mask", runtime.cwd
+        )
+        return runtime
+
+
+# ----------------------------------------------------------------------------- inversion
+class _InversionInputSpec(StageInputSpec):
+    local_field = File(exists=True, mandatory=True, desc="local field (Hz)")
+    mask = File(exists=True, mandatory=True, desc="mask of the local field")
+
+
+class _InversionOutputSpec(TraitedSpec):
+    chi = File(exists=True, desc="susceptibility (ppm), not yet referenced")
+
+
+class DipoleInversion(StageInterface):
+    """Dipole inversion: local field (Hz, converted to ppm of B0) -> susceptibility (ppm)."""
+
+    stage = "inversion"
+    input_spec = _InversionInputSpec
+    output_spec = _InversionOutputSpec
+
+    def _run_interface(self, runtime):
+        meta = read_meta(self.inputs.meta)
+        local_ppm = hz_to_ppm(read_volume(self.inputs.local_field), meta["field_strength"])
+        chi = self.call(
+            local_ppm.astype(np.float32),
+            read_mask(self.inputs.mask),
+            tuple(meta["voxel_size"]),
+            tuple(meta["b0_dir"]),
+        )
+        self._results["chi"] = write_like(
+            chi.astype(np.float32), self.inputs.mask, "chi_raw", runtime.cwd
+        )
+        return runtime
+
+
+# ----------------------------------------------------------------------------- reference
+class _ReferenceInputSpec(StageInputSpec):
+    chi = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
+    mask = File(exists=True, mandatory=True, desc="mask of the susceptibility map")
+    reference_mask = File(exists=True, desc="reference region for algorithm 'mask'")
+
+
+class _ReferenceOutputSpec(TraitedSpec):
+    chi = File(exists=True, desc="referenced susceptibility (ppm)")
+
+
+class Reference(StageInterface):
+    """Shift the susceptibility map so the reference region has zero mean."""
+
+    stage = "reference"
+    input_spec = _ReferenceInputSpec
+    output_spec = _ReferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        region = None
+        if isdefined(self.inputs.reference_mask):
+            region = read_mask(self.inputs.reference_mask)
+        chi = self.call(read_volume(self.inputs.chi), read_mask(self.inputs.mask), region=region)
+        self._results["chi"] = write_like(chi, self.inputs.chi, "chi", runtime.cwd)
+        return runtime
+
+
+# -------------------------------------------------------------------------------- r2star
+class _R2StarInputSpec(StageInputSpec):
+    magnitude = File(exists=True, mandatory=True, desc="4D magnitude")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+
+
+class _R2StarOutputSpec(TraitedSpec):
+    r2star = File(exists=True, desc="R2* (1/s)")
+    t2star = File(exists=True, desc="T2* (s)")
+
+
+class R2Star(StageInterface):
+    """R2* and T2* maps from the echo magnitudes."""
+
+    stage = "r2star"
+    input_spec = _R2StarInputSpec
+    output_spec = _R2StarOutputSpec
+
+    def _run_interface(self, runtime):
+        meta = read_meta(self.inputs.meta)
+        r2 = self.call(
+            read_volume(self.inputs.magnitude),
+            tuple(meta["echo_times"]),
+            read_mask(self.inputs.mask),
+        ).astype(np.float32)
+        self._results["r2star"] = write_like(r2, self.inputs.mask, "r2star", runtime.cwd)
+        self._results["t2star"] = write_like(
+            t2star_from_r2star(r2).astype(np.float32), self.inputs.mask, "t2star", runtime.cwd
+        )
+        return runtime
+
+
+def dump_provenance(path: str | Path, provenance: dict) -> str:
+    """Write a provenance dict as JSON (used by tests and the derivatives writer)."""
+    Path(path).write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return str(path)

@@ -1,0 +1,1 @@
+"""nipype workflow builders (``init_<stage>_wf``) that wire the interfaces together."""

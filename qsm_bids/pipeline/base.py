@@ -1,0 +1,160 @@
+"""Top-level workflows: one QSM workflow per BIDS run, and the participant-level workflow.
+
+The data flow, one node per arrow::
+
+    load -> mask -> unwrap -> combine (total field, Hz) -> background (local field, Hz)
+         -> inversion (ppm) -> reference -> derivatives
+    load, mask -> r2star (R2*, T2*) -> derivatives
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nb
+from nipype.pipeline import engine as pe
+
+from qsm_bids.bids.layout import Run
+from qsm_bids.interfaces.derivatives import WriteDerivatives
+from qsm_bids.interfaces.load import LoadRun, run_to_json
+from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
+from qsm_bids.pipeline.susceptibility import (
+    init_background_wf,
+    init_inversion_wf,
+    init_r2star_wf,
+)
+from qsm_bids.recipe import Recipe
+
+
+def estimate_volume_gb(run: Run) -> tuple[float, float]:
+    """Size in GB of one float32 3D volume and of the 4D echo stack of ``run``."""
+    shape = nb.load(str(run.phase_files[0])).shape
+    n3 = 1
+    for n in shape[:3]:
+        n3 *= int(n)
+    vol = n3 * 4 / 1024**3
+    return vol, vol * len(run.phase_files)
+
+
+def workflow_name(run: Run) -> str:
+    """A nipype-safe workflow name for a run (letters, digits and underscores)."""
+    return "qsm_" + re.sub(r"[^0-9a-zA-Z]", "_", run.name)
+
+
+def init_qsm_wf(
+    run: Run,
+    recipe: Recipe,
+    *,
+    output_dir: Path,
+    bids_dir: Path,
+    mask_file: str | None = None,
+    reference_mask: str | None = None,
+    n_procs: int = 1,
+    name: str | None = None,
+) -> pe.Workflow:
+    """The full QSM workflow for one run (subject, session, acquisition, run).
+
+    Parameters
+    ----------
+    run : Run
+        The run's files and metadata (from :func:`qsm_bids.bids.layout.find_runs`).
+    recipe : Recipe
+        Algorithm and parameters per stage.
+    output_dir, bids_dir : Path
+        Derivatives root and raw dataset root.
+    mask_file, reference_mask : str, optional
+        A user brain mask replacing the mask stage; a reference region for referencing.
+    n_procs : int, default 1
+        Threads given to each FFT-heavy node.
+    """
+    vol, vol4 = estimate_volume_gb(run)
+    wf = pe.Workflow(name=name or workflow_name(run))
+    load = pe.Node(LoadRun(run_json=run_to_json(run)), name="load", mem_gb=3 * vol4 + 0.2)
+    mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
+    unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=n_procs)
+    combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
+    background_wf = init_background_wf(
+        recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs
+    )
+    inversion_wf = init_inversion_wf(
+        recipe["inversion"],
+        recipe["reference"],
+        reference_mask=reference_mask,
+        mem_gb=30 * vol + 0.3,
+        n_procs=n_procs,
+    )
+    write = pe.Node(
+        WriteDerivatives(
+            run_json=run_to_json(run),
+            output_dir=str(output_dir),
+            bids_dir=str(bids_dir),
+            provenance=json.dumps(recipe.provenance()),
+        ),
+        name="derivatives",
+        mem_gb=4 * vol + 0.2,
+        run_without_submitting=True,
+        overwrite=True,  # always (re)write: cheap, and restores deleted outputs on rerun
+    )
+    wf.connect([
+        (load, mask_wf, [("phase", "inputnode.phase"), ("magnitude", "inputnode.magnitude"),
+                         ("meta", "inputnode.meta")]),
+        (load, unwrap_wf, [("phase", "inputnode.phase"), ("magnitude", "inputnode.magnitude"),
+                           ("meta", "inputnode.meta")]),
+        (mask_wf, unwrap_wf, [("outputnode.mask", "inputnode.mask")]),
+        (load, combine_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
+        (mask_wf, combine_wf, [("outputnode.mask", "inputnode.mask")]),
+        (unwrap_wf, combine_wf, [("outputnode.unwrapped", "inputnode.unwrapped")]),
+        (load, background_wf, [("meta", "inputnode.meta")]),
+        (mask_wf, background_wf, [("outputnode.mask", "inputnode.mask")]),
+        (combine_wf, background_wf, [("outputnode.field", "inputnode.field")]),
+        (load, inversion_wf, [("meta", "inputnode.meta")]),
+        (background_wf, inversion_wf, [("outputnode.local_field", "inputnode.local_field"),
+                                       ("outputnode.local_mask", "inputnode.local_mask")]),
+        (load, write, [("meta", "meta")]),
+        (mask_wf, write, [("outputnode.mask", "mask")]),
+        (combine_wf, write, [("outputnode.field", "total_field")]),
+        (background_wf, write, [("outputnode.local_field", "local_field"),
+                                ("outputnode.local_mask", "local_mask")]),
+        (inversion_wf, write, [("outputnode.chi", "chi")]),
+    ])  # fmt: skip
+    if run.magnitude_files:
+        r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
+        wf.connect([
+            (load, r2star_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
+            (mask_wf, r2star_wf, [("outputnode.mask", "inputnode.mask")]),
+            (r2star_wf, write, [("outputnode.r2star", "r2star"), ("outputnode.t2star", "t2star")]),
+        ])  # fmt: skip
+    return wf
+
+
+def init_participant_wf(
+    runs: list[Run],
+    recipe: Recipe,
+    *,
+    output_dir: Path,
+    bids_dir: Path,
+    work_dir: Path,
+    mask_files: dict[str, str] | None = None,
+    reference_mask: str | None = None,
+    n_procs: int = 1,
+) -> pe.Workflow:
+    """All runs' QSM workflows side by side in one workflow, for one nipype execution.
+
+    ``mask_files`` maps a run's :attr:`~qsm_bids.bids.layout.Run.name` to a user brain mask.
+    """
+    wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(work_dir))
+    for run in runs:
+        wf.add_nodes([
+            init_qsm_wf(
+                run,
+                recipe,
+                output_dir=output_dir,
+                bids_dir=bids_dir,
+                mask_file=(mask_files or {}).get(run.name),
+                reference_mask=reference_mask,
+                n_procs=n_procs,
+            )
+        ])
+    return wf

@@ -1,0 +1,90 @@
+"""Workflows from raw echoes to the total field: brain mask, unwrapping, echo combination."""
+
+from __future__ import annotations
+
+from nipype.interfaces.utility import IdentityInterface
+from nipype.pipeline import engine as pe
+
+from qsm_bids.interfaces.stages import BrainMask, CombineEchoes, UnwrapPhase
+from qsm_bids.recipe import StageChoice
+
+
+def stage_node(interface, choice: StageChoice, *, name: str, mem_gb: float, n_procs: int):
+    """A nipype node running ``interface`` with the recipe's algorithm and parameters."""
+    node = pe.Node(
+        interface(algorithm=choice.algorithm, params=dict(choice.params), num_threads=n_procs),
+        name=name,
+        mem_gb=mem_gb,
+        n_procs=n_procs,
+    )
+    return node
+
+
+def init_mask_wf(
+    choice: StageChoice,
+    *,
+    mask_file: str | None = None,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    name: str = "mask_wf",
+) -> pe.Workflow:
+    """Brain mask from the magnitude (or the user's mask file).
+
+    Inputs: ``phase`` (4D, rad), ``magnitude`` (4D, optional), ``meta``.
+    Outputs: ``mask``.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(["phase", "magnitude", "meta"]), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(["mask"]), name="outputnode")
+    node = stage_node(BrainMask, choice, name="brain_mask", mem_gb=mem_gb, n_procs=1)
+    if mask_file:
+        node.inputs.mask_file = mask_file
+    wf.connect([
+        (inputnode, node, [("phase", "phase"), ("magnitude", "magnitude"), ("meta", "meta")]),
+        (node, outputnode, [("mask", "mask")]),
+    ])  # fmt: skip
+    return wf
+
+
+def init_unwrap_wf(
+    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "unwrap_wf"
+) -> pe.Workflow:
+    """Spatial and temporal phase unwrapping of all echoes.
+
+    Inputs: ``phase`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
+    Outputs: ``unwrapped`` (4D, rad).
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        IdentityInterface(["phase", "magnitude", "mask", "meta"]), name="inputnode"
+    )
+    outputnode = pe.Node(IdentityInterface(["unwrapped"]), name="outputnode")
+    node = stage_node(UnwrapPhase, choice, name="unwrap", mem_gb=mem_gb, n_procs=n_procs)
+    wf.connect([
+        (inputnode, node, [("phase", "phase"), ("magnitude", "magnitude"),
+                           ("mask", "mask"), ("meta", "meta")]),
+        (node, outputnode, [("unwrapped", "unwrapped")]),
+    ])  # fmt: skip
+    return wf
+
+
+def init_echo_combination_wf(
+    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "combine_wf"
+) -> pe.Workflow:
+    """Multi-echo combination into the total field map.
+
+    Inputs: ``unwrapped`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
+    Outputs: ``field`` (Hz), ``residual`` (fit residual quality map).
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        IdentityInterface(["unwrapped", "magnitude", "mask", "meta"]), name="inputnode"
+    )
+    outputnode = pe.Node(IdentityInterface(["field", "residual"]), name="outputnode")
+    node = stage_node(CombineEchoes, choice, name="combine", mem_gb=mem_gb, n_procs=n_procs)
+    wf.connect([
+        (inputnode, node, [("unwrapped", "unwrapped"), ("magnitude", "magnitude"),
+                           ("mask", "mask"), ("meta", "meta")]),
+        (node, outputnode, [("field", "field"), ("residual", "residual")]),
+    ])  # fmt: skip
+    return wf

@@ -1,0 +1,145 @@
+"""The one registry of stages and their algorithms.
+
+Each pipeline stage has a fixed calling convention (see :data:`STAGES`) and a set of
+algorithms, each a pure function in :mod:`qsm_bids.core`. An algorithm's tunable parameters
+are its keyword-only arguments with a default of a simple type (``int``, ``float``, ``bool``,
+``str`` or a tuple of those); the recipe validator, the CLI and the provenance written into
+sidecars all read them from the function signature, so a parameter is documented and
+defaulted in exactly one place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: stage -> (description, {algorithm name -> "module:function"})
+STAGES: dict[str, tuple[str, dict[str, str]]] = {
+    "mask": (
+        "brain mask from the magnitude (a user mask file replaces it)",
+        {"magnitude": "qsm_bids.core.mask:mask_from_magnitude"},
+    ),
+    "unwrap": (
+        "spatial and temporal phase unwrapping of all echoes (rad)",
+        {
+            "laplacian": "qsm_bids.core.unwrap:unwrap_laplacian",
+            "region_growing": "qsm_bids.core.unwrap:unwrap_region_growing",
+        },
+    ),
+    "combine": (
+        "multi-echo combination into a total field map (Hz)",
+        {"weighted_fit": "qsm_bids.core.echoes:combine_weighted_fit"},
+    ),
+    "background": (
+        "background field removal: total field -> local field (Hz)",
+        {
+            "vsharp": "qsm_bids.core.background:vsharp",
+            "pdf": "qsm_bids.core.background:pdf",
+        },
+    ),
+    "inversion": (
+        "dipole inversion: local field (ppm) -> susceptibility (ppm)",
+        {
+            "tkd": "qsm_bids.core.inversion:tkd",
+            "tikhonov": "qsm_bids.core.inversion:tikhonov",
+            "tv_admm": "qsm_bids.core.inversion:tv_admm",
+        },
+    ),
+    "reference": (
+        "susceptibility referencing (ppm)",
+        {
+            "mean": "qsm_bids.core.reference:reference_mean",
+            "mask": "qsm_bids.core.reference:reference_mask",
+        },
+    ),
+    "r2star": (
+        "R2* (1/s) and T2* (s) mapping from the magnitudes",
+        {
+            "arlo": "qsm_bids.core.relaxometry:r2star_arlo",
+            "loglinear": "qsm_bids.core.relaxometry:r2star_loglinear",
+        },
+    ),
+}
+
+_SIMPLE = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A tunable parameter of an algorithm: its name, default and Python type."""
+
+    name: str
+    default: Any
+    kind: type
+
+    def coerce(self, value: Any) -> Any:
+        """Return ``value`` converted to this parameter's type, or raise ``TypeError``."""
+        if self.kind is tuple:
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"expected a list, got {type(value).__name__} {value!r}")
+            item = type(self.default[0]) if self.default else float
+            return tuple(_coerce_scalar(v, item) for v in value)
+        return _coerce_scalar(value, self.kind)
+
+
+def _coerce_scalar(value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def algorithms(stage: str) -> list[str]:
+    """Names of the algorithms available for ``stage``."""
+    return sorted(STAGES[stage][1])
+
+
+def get_function(stage: str, algorithm: str) -> Callable[..., Any]:
+    """Import and return the core function implementing ``algorithm`` for ``stage``."""
+    try:
+        target = STAGES[stage][1][algorithm]
+    except KeyError as exc:
+        raise KeyError(f"unknown algorithm {algorithm!r} for stage {stage!r}") from exc
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def parameters(stage: str, algorithm: str) -> dict[str, Parameter]:
+    """Tunable parameters of an algorithm, read from its keyword-only arguments."""
+    sig = inspect.signature(get_function(stage, algorithm))
+    params: dict[str, Parameter] = {}
+    for p in sig.parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
+            continue
+        d = p.default
+        if isinstance(d, tuple) and all(isinstance(v, _SIMPLE) for v in d):
+            params[p.name] = Parameter(p.name, d, tuple)
+        elif isinstance(d, _SIMPLE):
+            params[p.name] = Parameter(p.name, d, type(d))
+    return params
+
+
+def resolve(stage: str, algorithm: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults updated by ``given``, validated and converted; raises ``ValueError``."""
+    known = parameters(stage, algorithm)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)} for [{stage}] algorithm "
+            f"{algorithm!r}; it accepts: {', '.join(sorted(known)) or 'none'}"
+        )
+    out = {name: p.default for name, p in known.items()}
+    for name, value in given.items():
+        try:
+            out[name] = known[name].coerce(value)
+        except TypeError as exc:
+            raise ValueError(f"[{stage}] parameter {name!r}: {exc}") from exc
+    return out

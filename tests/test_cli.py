@@ -1,0 +1,77 @@
+"""The command line: help texts, exit codes and clear errors before any output is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qsm_bids.cli.main import main
+
+
+def _tiny_bids(root: Path) -> Path:
+    import nibabel as nb
+    import numpy as np
+
+    anat = root / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "tiny", "BIDSVersion": "1.10.0"})
+    )
+    rng = np.random.default_rng(0)
+    for echo, te in ((1, 0.005), (2, 0.010)):
+        for part in ("mag", "phase"):
+            data = rng.uniform(-np.pi, np.pi, (8, 9, 7)).astype(np.float32)
+            if part == "mag":
+                data = np.abs(data) + 1
+            stem = anat / f"sub-01_echo-{echo}_part-{part}_MEGRE"
+            nb.Nifti1Image(data, np.eye(4)).to_filename(f"{stem}.nii.gz")
+            Path(f"{stem}.json").write_text(json.dumps({"EchoTime": te, "MagneticFieldStrength": 3}))
+    return root
+
+
+def test_help_lists_every_option():
+    out = subprocess.run(
+        [sys.executable, "-m", "qsm_bids.cli.main", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for option in ("--participant-label", "--session-label", "--work-dir", "--nprocs",
+                   "--mem-gb", "--pipeline", "--mask-file", "simulate", "demo"):  # fmt: skip
+        assert option in out.stdout
+
+
+@pytest.mark.parametrize("command", ["simulate", "demo"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "--seed" in capsys.readouterr().out
+
+
+def test_unknown_participant_is_a_clear_error(tmp_path, capsys):
+    bids = _tiny_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--participant-label", "99"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "99" in err and "01" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_pipeline_fails_before_writing(tmp_path, capsys):
+    bids = _tiny_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--pipeline", "nope"])
+    assert code == 2
+    assert "unknown pipeline 'nope'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_output_inside_the_raw_dataset_is_refused(tmp_path, capsys):
+    bids = _tiny_bids(tmp_path / "bids")
+    assert main([str(bids), str(bids), "participant"]) == 2
+    assert str(bids) in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""End to end: simulate a 2 mm head-phantom dataset, run the participant level through the
+command line, and bound the susceptibility map's error against the phantom's truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from qsm_bids.cli.main import main
+from qsm_bids.evaluate import DEEP_GREY, evaluate_against_truth
+from qsm_bids.simulate.dataset import simulate_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+
+ANAT = Path("sub-01") / "anat"
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=2.0, seed=1)
+    out = root / "out"
+    code = main([str(bids), str(out), "participant", "-w", str(root / "work"), "--nprocs", "2"])
+    return bids, out, root, code
+
+
+def test_participant_run_succeeds(e2e):
+    _, out, _, code = e2e
+    assert code == 0
+    names = sorted(p.name for p in (out / ANAT).iterdir())
+    for suffix in (
+        "Chimap",
+        "desc-brain_mask",
+        "desc-local_mask",
+        "desc-total_fieldmap",
+        "desc-local_fieldmap",
+        "R2starmap",
+        "T2starmap",
+    ):
+        assert f"sub-01_{suffix}.nii.gz" in names
+        assert f"sub-01_{suffix}.json" in names
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")]
+
+
+def test_outputs_are_on_the_input_grid_with_provenance(e2e):
+    bids, out, _, _ = e2e
+    raw = nb.load(bids / ANAT / "sub-01_echo-1_part-phase_MEGRE.nii.gz")
+    chi = nb.load(out / ANAT / "sub-01_Chimap.nii.gz")
+    assert chi.shape == raw.shape
+    np.testing.assert_allclose(chi.affine, raw.affine, atol=1e-5)
+    side = json.loads((out / ANAT / "sub-01_Chimap.json").read_text())
+    assert side["Units"] == "ppm"
+    assert side["SkullStripped"] is True
+    assert any(s.startswith("bids:raw:sub-01/anat/") for s in side["Sources"])
+    stages = json.dumps(side)
+    for algo in ("tv_admm", "vsharp", "region_growing", "weighted_fit"):
+        assert algo in stages
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "qsm_bids"
+    r2 = np.asarray(nb.load(out / ANAT / "sub-01_R2starmap.nii.gz").dataobj)
+    brain = np.asarray(nb.load(out / ANAT / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
+    assert 10 < np.median(r2[brain]) < 60  # 1/s at 3 T
+
+
+def test_susceptibility_accuracy_against_truth(e2e):
+    bids, out, _, _ = e2e
+    ev = evaluate_against_truth(
+        out / ANAT / "sub-01_Chimap.nii.gz",
+        bids / "derivatives" / "qsm_bids-truth",
+        "01",
+        mask=out / ANAT / "sub-01_desc-local_mask.nii.gz",
+    )
+    print(f"e2e NRMSE {ev.nrmse_percent:.1f} %\n{ev.table()}")
+    assert ev.nrmse_percent < 50.0
+    errors = ev.region_errors()
+    for region in DEEP_GREY:
+        assert abs(errors[region]) < 0.02, f"{region}: {errors[region]:+.4f} ppm"
+
+
+def test_rerun_into_same_output_reuses_and_keeps_outputs_identical(e2e):
+    bids, out, root, _ = e2e
+    before = {p.name: p.read_bytes() for p in (out / ANAT).iterdir() if p.suffix == ".json"}
+    chi_before = np.asarray(nb.load(out / ANAT / "sub-01_Chimap.nii.gz").dataobj)
+    (out / ANAT / "sub-01_T2starmap.nii.gz").unlink()  # a lost output is restored
+    code = main([str(bids), str(out), "participant", "--participant-label", "sub-01",
+                 "-w", str(root / "work")])  # fmt: skip
+    assert code == 0
+    after = {p.name: p.read_bytes() for p in (out / ANAT).iterdir() if p.suffix == ".json"}
+    assert before == after
+    assert (out / ANAT / "sub-01_T2starmap.nii.gz").is_file()
+    chi_after = np.asarray(nb.load(out / ANAT / "sub-01_Chimap.nii.gz").dataobj)
+    np.testing.assert_array_equal(chi_before, chi_after)
+    assert len(list((out / ANAT).iterdir())) == 14
