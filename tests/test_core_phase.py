@@ -74,8 +74,8 @@ def test_integer_encodings(levels, signed):
 
 def test_dcm2niix_siemens_description():
     truth = _true_phase()
+    truth.flat[0], truth.flat[1] = -np.pi, np.pi * 4095 / 4096
     k = np.clip(np.round(truth / np.pi * 4096), -4096, 4095)
-    k.flat[0], k.flat[1] = -4096, 4095
     out, desc = scale_phase_to_radians(k.astype(np.int16))
     assert desc == "integer phase -4096..4095 (8192 levels) rescaled to radians: phase * pi / 4096"
     assert _circ_err(out, truth) <= np.pi / 8192 + 2e-6
@@ -93,8 +93,8 @@ def test_integer_range_not_reaching_extremes():
 def test_scl_slope_scaled_integers():
     # old dcm2niix: stored 0..4095 with scl_slope 2 and scl_inter -4096 -> -4096..4094
     truth = _true_phase()
-    raw = np.mod(np.round(truth / np.pi * 2048), 4096)
-    scaled = (raw * 2.0 - 4096.0).astype(np.float32)
+    raw = np.mod(np.round((truth + np.pi) / np.pi * 2048), 4096)  # 0..4095 on disk
+    scaled = (raw * 2.0 - 4096.0).astype(np.float32)  # nibabel applies slope/intercept
     out, desc = scale_phase_to_radians(scaled)
     assert "(8192 levels)" in desc
     assert _circ_err(out, truth) <= np.pi / 4096 + 2e-6
@@ -118,21 +118,23 @@ def test_real_data_arbitrary_units():
 
 def test_arbitrary_zero_based():
     truth = _true_phase()
-    stored = np.mod(truth, 2 * np.pi) / (2 * np.pi) * 1.0  # 0..1
+    stored = np.mod(truth, 2 * np.pi) / (2 * np.pi)  # 0..1 (one cycle)
+    stored.flat[0], truth.flat[0] = 1.0 - 1e-6, -2e-6 * np.pi  # a voxel at the top of the range
     out, desc = scale_phase_to_radians(stored)
     assert _circ_err(out, truth) < 1e-5
     assert "phase * 2 pi / " in desc
 
 
 def test_small_span_hint():
-    # within [-pi, pi] but spanning < 5 rad: radians by default, linear with "arbitrary"
+    # within [-pi, pi] but spanning < 5 rad: radians only when the sidecar says "rad"
     data = np.linspace(-1, 1, 1000, dtype=np.float32)
-    out, desc = scale_phase_to_radians(data)
+    out, desc = scale_phase_to_radians(data, units="rad")
     np.testing.assert_array_equal(out, data)
     assert "less than one cycle" in desc
-    out, desc = scale_phase_to_radians(data, units="arbitrary")
-    assert out.max() == pytest.approx(np.pi, abs=1e-5) or out.min() == pytest.approx(-np.pi)
-    assert "arbitrary" in desc
+    for units in ("", "arbitrary"):
+        out, desc = scale_phase_to_radians(data, units=units)
+        np.testing.assert_allclose(out[:-1], data[:-1] * np.pi, atol=1e-6)
+        assert out[-1] == pytest.approx(-np.pi) and "arbitrary" in desc  # +1 -> pi == -pi
 
 
 def test_non_finite_ignored_and_zeroed():

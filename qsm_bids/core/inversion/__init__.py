@@ -1,0 +1,13 @@
+"""Dipole inversion: local field (ppm) -> susceptibility (ppm).
+
+Every method has the signature
+``method(local_field, mask, voxel_size, b0_dir, *, weights=None, **params) -> chi``
+with ``local_field`` in ppm of B0, ``voxel_size`` in mm, ``b0_dir`` the unit B0 direction in
+voxel-index space, and returns a float32 susceptibility map in ppm, zero outside ``mask``.
+"""
+
+from qsm_bids.core.inversion.tikhonov import tikhonov
+from qsm_bids.core.inversion.tkd import tkd
+from qsm_bids.core.inversion.tv_admm import tv_admm
+
+__all__ = ["tikhonov", "tkd", "tv_admm"]

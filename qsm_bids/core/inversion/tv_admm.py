@@ -1,0 +1,212 @@
+"""Total-variation regularised dipole inversion by ADMM with the FANSI splitting.
+
+References
+----------
+Bilgic B, Fan AP, Polimeni JR, et al. Fast quantitative susceptibility mapping with
+L1-regularization and automatic parameter selection. Magn Reson Med 2014;72:1444-1459.
+Milovic C, Bilgic B, Zhao B, Acosta-Cabronero J, Tejos C. Fast nonlinear susceptibility
+inversion with variational regularization. Magn Reson Med 2018;80:814-821 (FANSI; here
+its linear, weighted-TV variant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _grad_symbol_sq, _prepare
+from qsm_bids.core.kernels import dipole_kernel, irfftn, pad_to, rfftn
+
+__all__ = ["tv_admm"]
+
+
+def _axis_slices(axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index tuples selecting ``[1:]`` and ``[:-1]`` along ``axis`` of a 3D array."""
+    hi = [slice(None)] * 3
+    lo = [slice(None)] * 3
+    hi[axis] = slice(1, None)
+    lo[axis] = slice(None, -1)
+    return tuple(hi), tuple(lo)
+
+
+def _edge(axis: int, index: int) -> tuple[slice | int, ...]:
+    """Index tuple selecting the plane ``index`` along ``axis``."""
+    sel: list[slice | int] = [slice(None)] * 3
+    sel[axis] = index
+    return tuple(sel)
+
+
+def _grad_add(x: np.ndarray, inv_h: Sequence[float], out: Sequence[np.ndarray]) -> None:
+    """``out[a] += G_a x``: periodic forward differences divided by the step ``h_a``."""
+    for a in range(3):
+        hi, lo = _axis_slices(a)
+        o = out[a]
+        o[lo] += (x[hi] - x[lo]) * np.float32(inv_h[a])
+        o[_edge(a, -1)] += (x[_edge(a, 0)] - x[_edge(a, -1)]) * np.float32(inv_h[a])
+
+
+def _grad_adjoint(
+    q: Sequence[np.ndarray], inv_h: Sequence[float], out: np.ndarray, tmp: np.ndarray
+) -> np.ndarray:
+    """``out = sum_a G_a^T q_a`` (negative backward-difference divergence), periodic."""
+    out.fill(0)
+    for a in range(3):
+        hi, lo = _axis_slices(a)
+        np.subtract(q[a][lo], q[a][hi], out=tmp[hi])
+        np.subtract(q[a][_edge(a, -1)], q[a][_edge(a, 0)], out=tmp[_edge(a, 0)])
+        tmp *= np.float32(inv_h[a])
+        out += tmp
+    return out
+
+
+def tv_admm(
+    local_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    b0_dir: tuple[float, float, float],
+    *,
+    weights: np.ndarray | None = None,
+    lambda_: float = 1e-4,
+    rho: float = 1e-2,
+    max_iter: int = 100,
+    tol: float = 5e-3,
+    isotropic: bool = False,
+) -> np.ndarray:
+    """Weighted-TV dipole inversion by ADMM (Bilgic 2014; Milovic 2018, linear FANSI).
+
+    Solves ``min_chi 0.5 ||W (D chi - f)||_2^2 + lambda ||G chi||_1`` with
+    ``W = mask * weights`` (weights normalised to mean 1 in the mask), ``D`` the dipole
+    convolution and ``G`` the periodic forward-difference gradient (anisotropic TV, steps in
+    units of the geometric-mean voxel size). FANSI's splitting ``z = G chi``, ``v = D chi``
+    makes every sub-problem closed-form: a k-space division for ``chi``, soft-thresholding
+    for ``z`` and a voxel-wise weighted average for ``v``. Each iteration costs two
+    :func:`~qsm_bids.core.kernels.rfftn` and two :func:`~qsm_bids.core.kernels.irfftn`.
+
+    Parameters
+    ----------
+    local_field : (X, Y, Z) array
+        Local field in ppm; values outside ``mask`` are ignored.
+    mask : (X, Y, Z) array
+        Region where the local field is valid (the data weight is zero outside).
+    voxel_size : 3 floats
+        Voxel size in mm.
+    b0_dir : 3 floats
+        B0 direction in voxel-index space.
+    weights : (X, Y, Z) array or None, default None
+        Data-fidelity weights (e.g. inverse field noise SD or magnitude); None means 1.
+    lambda_ : float, default 1e-4
+        TV weight, in ppm (the unit of the field). Tuned for accuracy on an MNI152/AAL3 head
+        phantom with field noise 0.002 ppm (NRMSE 26 % at 2 mm, 21 % at 1 mm); raise it for
+        noisier fields.
+    rho : float, default 1e-2
+        ADMM penalty of the gradient constraint ``z = G chi`` (FANSI's mu1); the penalty
+        of the data constraint ``v = D chi`` (FANSI's mu2) is fixed at 1.
+    max_iter : int, default 100
+        Maximum number of ADMM iterations.
+    tol : float, default 5e-3
+        Stop when ``||chi_k - chi_{k-1}|| / ||chi_k||`` falls below ``tol`` (about 90
+        iterations on a 2 mm brain; the accuracy plateaus after 50-100).
+    isotropic : bool, default False
+        Isotropic TV (shrink the length of the gradient vector) instead of anisotropic TV
+        (shrink each component); anisotropic was slightly more accurate on the phantom.
+
+    Returns
+    -------
+    (X, Y, Z) float32 array
+        Susceptibility in ppm, zero outside ``mask``.
+    """
+    if float(lambda_) <= 0 or float(rho) <= 0:
+        raise ValueError("lambda_ and rho must be > 0")
+    if int(max_iter) < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    f, m, shape, sl = _prepare(local_field, mask)
+    mu1 = np.float32(rho)
+    mu2 = np.float32(1.0)
+
+    # Data weights W^2 (zero outside the mask), normalised to mean 1 inside it.
+    if weights is None:
+        w2 = m.astype(np.float32)
+    else:
+        wp = np.asarray(weights, dtype=np.float32)
+        if wp.shape != np.asarray(mask).shape:
+            raise ValueError("weights must have the shape of mask")
+        inside = np.asarray(mask).astype(bool)
+        wp = np.where(inside, np.abs(wp), np.float32(0))
+        mean = float(wp[inside].mean()) if np.any(inside) else 0.0
+        mean = mean if mean > 0 else 1.0
+        w2 = pad_to(wp / np.float32(mean), shape)[0].astype(np.float32) ** 2
+
+    # Kernels and denominators, once (FANSI: the chi sub-problem is a k-space division).
+    d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
+    den = mu1 * _grad_symbol_sq(shape, voxel_size) + mu2 * d * d
+    with np.errstate(divide="ignore"):
+        inv_den = np.where(den > 0, np.float32(1) / den, np.float32(0)).astype(np.float32)
+    coef_g = (mu1 * inv_den).astype(np.float32)  # multiplies F(G^T (z - s))
+    coef_d = (mu2 * d * inv_den).astype(np.float32)  # multiplies F(v - t)
+    del den, inv_den
+    inv_h = [float(x) for x in 1.0 / _grad_scale(voxel_size)]
+    v_num = w2 * f  # W^2 f, numerator of the v-update
+    v_den = np.float32(1) / (w2 + mu2)
+    kappa = np.float32(float(lambda_) / float(rho))
+
+    # ADMM variables (scaled form): z = G chi with dual s, v = D chi with dual t.
+    chi = np.zeros(shape, np.float32)
+    z = [np.zeros(shape, np.float32) for _ in range(3)]
+    s = [np.zeros(shape, np.float32) for _ in range(3)]
+    v = f.copy()
+    t = np.zeros(shape, np.float32)
+    buf = np.empty(shape, np.float32)
+    tmp = np.empty(shape, np.float32)
+
+    for _ in range(int(max_iter)):
+        # (1) chi = argmin mu1/2||G chi - z + s||^2 + mu2/2||D chi - v + t||^2 (k-space)
+        for a in range(3):
+            np.subtract(z[a], s[a], out=z[a])  # z - s, restored below as z is recomputed
+        k_g = rfftn(_grad_adjoint(z, inv_h, buf, tmp))
+        np.subtract(v, t, out=buf)
+        k_d = rfftn(buf)
+        k_g *= coef_g
+        k_d *= coef_d
+        k_g += k_d
+        np.multiply(k_g, d, out=k_d)
+        chi_new = irfftn(k_g, s=shape).astype(np.float32, copy=False)
+        dchi = irfftn(k_d, s=shape).astype(np.float32, copy=False)
+
+        # (2) z = shrink(G chi + s, lambda/mu1); dual s <- G chi + s - z (= clipped part)
+        for a in range(3):
+            np.copyto(z[a], s[a])
+        _grad_add(chi_new, inv_h, z)  # z now holds G chi + s
+        if isotropic:
+            # isotropic TV: shrink the gradient vector's length by kappa
+            np.multiply(z[0], z[0], out=buf)
+            for a in (1, 2):
+                np.multiply(z[a], z[a], out=tmp)
+                buf += tmp
+            np.sqrt(buf, out=buf)
+            np.maximum(buf, kappa, out=buf)
+            np.divide(kappa, buf, out=buf)  # min(1, kappa / |g|): the dual's share
+            for a in range(3):
+                np.multiply(z[a], buf, out=s[a])
+                z[a] -= s[a]
+        else:
+            for a in range(3):
+                np.clip(z[a], -kappa, kappa, out=s[a])
+                z[a] -= s[a]
+
+        # (3) v = argmin 1/2||W(v - f)||^2 + mu2/2||v - (D chi + t)||^2 (voxel-wise)
+        dchi += t  # D chi + t
+        np.multiply(dchi, mu2, out=v)
+        v += v_num
+        v *= v_den
+        np.subtract(dchi, v, out=t)  # dual t <- D chi + t - v
+
+        # convergence on the relative change of chi
+        np.subtract(chi_new, chi, out=chi)
+        change = float(np.linalg.norm(chi.ravel()))
+        chi = chi_new
+        norm = float(np.linalg.norm(chi.ravel()))
+        if norm > 0 and change / norm < tol:
+            break
+
+    return _finish(chi, mask, sl)
