@@ -40,7 +40,9 @@ class StageChoice:
         """``{"Algorithm": ..., "Parameters": {...}}`` for a JSON sidecar."""
         return {
             "Algorithm": self.algorithm,
-            "Parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()},
+            "Parameters": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()
+            },
         }
 
 

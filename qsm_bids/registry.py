@@ -19,8 +19,11 @@ from typing import Any
 #: stage -> (description, {algorithm name -> "module:function"})
 STAGES: dict[str, tuple[str, dict[str, str]]] = {
     "mask": (
-        "brain mask from the magnitude (a user mask file replaces it)",
-        {"magnitude": "qsm_bids.core.mask:mask_from_magnitude"},
+        "brain mask (a user mask file replaces it)",
+        {
+            "magnitude": "qsm_bids.core.mask:mask_from_magnitude",
+            "phase_quality": "qsm_bids.core.mask:mask_from_phase",
+        },
     ),
     "unwrap": (
         "spatial and temporal phase unwrapping of all echoes (rad)",

@@ -29,7 +29,9 @@ def _tiny_bids(root: Path) -> Path:
                 data = np.abs(data) + 1
             stem = anat / f"sub-01_echo-{echo}_part-{part}_MEGRE"
             nb.Nifti1Image(data, np.eye(4)).to_filename(f"{stem}.nii.gz")
-            Path(f"{stem}.json").write_text(json.dumps({"EchoTime": te, "MagneticFieldStrength": 3}))
+            Path(f"{stem}.json").write_text(
+                json.dumps({"EchoTime": te, "MagneticFieldStrength": 3})
+            )
     return root
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 import pytest
+from scipy import ndimage
 
-from qsm_bids.core.mask import magnitude_threshold, mask_from_magnitude
+from qsm_bids.core.mask import magnitude_threshold, mask_from_magnitude, mask_from_phase
 
-REAL_CROP = Path("/work/shared/data/real-7t-crop/sub-crop/anat")
+REAL_CROP = Path(__file__).resolve().parents[2] / "shared/data/real-7t-crop/sub-crop/anat"
 
 
 def synthetic_head(vox: float, seed: int = 0, noise: float = 0.03, n_echoes: int = 1):
@@ -126,3 +126,18 @@ def test_real_7t_crop_all_brain() -> None:
     vs = tuple(float(v) for v in imgs[0].header.get_zooms()[:3])
     mask = mask_from_magnitude(mag, vs)
     assert mask.mean() > 0.97  # reached 1.0
+
+
+def test_phase_only_mask_from_phase_coherence() -> None:
+    """Without magnitude, the mask comes from the local coherence of the phase: smooth
+    phase where there is signal, noise in air and bone."""
+    mag, truth, vs, vent, vein = synthetic_head(2.0)
+    rng = np.random.default_rng(3)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in mag.shape], indexing="ij")
+    smooth = 6 * x**2 + 4 * y * z + 3 * z  # several wraps over the head
+    signal = np.where(mag > 0.3, 1.0, 0.0) * np.exp(1j * smooth)
+    noisy = signal + 0.1 * (rng.normal(size=mag.shape) + 1j * rng.normal(size=mag.shape))
+    mask = mask_from_phase(np.angle(noisy).astype(np.float32), vs)
+    assert (mask & ~truth).sum() < 0.01 * truth.sum()  # no scalp, no background
+    inner = ndimage.binary_erosion(truth & ~vent & ~vein, iterations=2)
+    assert mask[inner].mean() > 0.97

@@ -23,11 +23,17 @@ log = logging.getLogger("qsm_bids")
 
 
 def setup_logging(verbosity: int) -> None:
-    """Console messages for qsm_bids; nipype's own chatter only with ``-vv``."""
+    """Console messages of qsm_bids (DEBUG with ``-v``); nipype's own only with ``-vv``."""
     level = logging.DEBUG if verbosity > 0 else logging.INFO
-    logging.basicConfig(format="%(asctime)s qsm-bids: %(message)s", datefmt="%H:%M:%S", level=level)
-    logging.getLogger("qsm_bids").setLevel(level)
-    from nipype import config, logging as nlogging
+    logger = logging.getLogger("qsm_bids")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s qsm-bids: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+    from nipype import config
+    from nipype import logging as nlogging
 
     config.set("logging", "workflow_level", "INFO" if verbosity > 1 else "WARNING")
     config.set("logging", "interface_level", "INFO" if verbosity > 1 else "WARNING")
@@ -106,7 +112,9 @@ def cmd_simulate(ns) -> int:
         seed=ns.seed,
         **kwargs,
     )
-    log.info("simulated BIDS dataset in %s (truth in %s)", path, path / "derivatives" / "qsm_bids-truth")
+    log.info(
+        "simulated BIDS dataset in %s (truth in %s)", path, path / "derivatives" / "qsm_bids-truth"
+    )
     return 0
 
 

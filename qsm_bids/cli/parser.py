@@ -141,7 +141,11 @@ def build_simulate_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="folder for the new BIDS dataset")
     p.add_argument("--subjects", type=int, default=1, help="number of subjects (default: 1)")
     p.add_argument(
-        "--resolution", type=float, default=2.0, metavar="MM", help="isotropic voxel size, mm (default: 2)"
+        "--resolution",
+        type=float,
+        default=2.0,
+        metavar="MM",
+        help="isotropic voxel size, mm (default: 2)",
     )
     p.add_argument(
         "--field-strength", type=float, default=3.0, metavar="T", help="B0 in tesla (default: 3)"
@@ -167,7 +171,9 @@ def build_simulate_parser() -> argparse.ArgumentParser:
         default="radians",
         help="store phase in radians or as dcm2niix-style integers -4096..4095",
     )
-    p.add_argument("--snr", type=float, default=100.0, help="magnitude SNR of the first echo in brain")
+    p.add_argument(
+        "--snr", type=float, default=100.0, help="magnitude SNR of the first echo in brain"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return p
 
@@ -189,8 +195,12 @@ def build_demo_parser() -> argparse.ArgumentParser:
         default=Path("qsm_bids_demo"),
         help="folder for the demo (default: ./qsm_bids_demo)",
     )
-    p.add_argument("--resolution", type=float, default=2.0, metavar="MM", help="voxel size, mm (default: 2)")
-    p.add_argument("--pipeline", default="default", metavar="NAME|PATH.toml", help="recipe (default: default)")
+    p.add_argument(
+        "--resolution", type=float, default=2.0, metavar="MM", help="voxel size, mm (default: 2)"
+    )
+    p.add_argument(
+        "--pipeline", default="default", metavar="NAME|PATH.toml", help="recipe (default: default)"
+    )
     p.add_argument("--nprocs", type=int, default=0, metavar="N", help="CPU cores (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantom (default: 0)")
     return p

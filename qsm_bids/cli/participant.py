@@ -50,7 +50,9 @@ def check_run_headers(run: Run) -> None:
             raise QSMInputError(path, f"affine differs from that of {ref_path.name}")
 
 
-def find_mask_files(runs: list[Run], derivatives: Path | None, mask_file: Path | None) -> dict[str, str]:
+def find_mask_files(
+    runs: list[Run], derivatives: Path | None, mask_file: Path | None
+) -> dict[str, str]:
     """User brain masks per run name, from ``--mask-file`` or a derivatives folder."""
     if mask_file is not None:
         if len(runs) != 1:
@@ -152,6 +154,7 @@ def run_participant_level(
             "stop_on_first_crash": False,
             "remove_unnecessary_outputs": False,
             "hash_method": "content",
+            "poll_sleep_duration": 0.2,
         }
     )
     try:
@@ -174,7 +177,11 @@ def summarise_crash(crash_dir: Path, run: Run) -> str:
     from qsm_bids.pipeline.base import workflow_name
 
     key = workflow_name(run)
-    files = sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime) if crash_dir.is_dir() else []
+    files = (
+        sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+        if crash_dir.is_dir()
+        else []
+    )
     for path in reversed(files):
         text = path.read_text(errors="replace")
         if key not in text:

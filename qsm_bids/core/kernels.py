@@ -63,7 +63,9 @@ def irfftn(x: np.ndarray, s: Sequence[int]) -> np.ndarray:
 def fast_shape(shape: Sequence[int], min_pad: Sequence[int] | int = 0) -> tuple[int, ...]:
     """Smallest FFT-friendly shape at least ``shape + 2 * min_pad`` along each axis."""
     pads = np.broadcast_to(np.asarray(min_pad, dtype=int), (len(shape),))
-    return tuple(scipy.fft.next_fast_len(int(n + 2 * p), real=True) for n, p in zip(shape, pads, strict=True))
+    return tuple(
+        scipy.fft.next_fast_len(int(n + 2 * p), real=True) for n, p in zip(shape, pads, strict=True)
+    )
 
 
 def pad_to(x: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -166,7 +168,9 @@ def dipole_kernel(
     return d.astype(np.float32, copy=False)
 
 
-def sphere_kernel(shape: Sequence[int], voxel_size: Sequence[float], radius_mm: float) -> np.ndarray:
+def sphere_kernel(
+    shape: Sequence[int], voxel_size: Sequence[float], radius_mm: float
+) -> np.ndarray:
     """Normalised spherical kernel in image space, centred on voxel (0, 0, 0) (wrapped).
 
     Voxels whose centre lies within ``radius_mm`` of the origin get weight 1, then the

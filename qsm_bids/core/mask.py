@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-__all__ = ["magnitude_threshold", "mask_from_magnitude"]
+__all__ = ["clean_mask", "magnitude_threshold", "mask_from_magnitude", "mask_from_phase"]
 
 
 def _combine_echoes(magnitude: np.ndarray, combine: str) -> np.ndarray:
@@ -216,13 +216,41 @@ def mask_from_magnitude(
         img, percentile=percentile, fraction=threshold_fraction
     )
     fg = np.isfinite(img) & (img > t)
+    return clean_mask(
+        fg,
+        vox,
+        erode_mm=erode_mm,
+        fill_holes=fill_holes,
+        fill_slicewise=fill_slicewise,
+        smooth_mm=smooth_mm,
+        shrink_voxels=shrink_voxels,
+    )
+
+
+def clean_mask(
+    fg: np.ndarray,
+    voxel_size: Sequence[float],
+    *,
+    erode_mm: float = 4.0,
+    fill_holes: bool = True,
+    fill_slicewise: bool = False,
+    smooth_mm: float = 1.0,
+    shrink_voxels: int = 1,
+) -> np.ndarray:
+    """Steps 2-6 of :func:`mask_from_magnitude` on a thresholded foreground ``fg``.
+
+    Opening by ``erode_mm`` restricted to the largest component, hole filling, surface
+    smoothing, and a final erosion by ``shrink_voxels``; see :func:`mask_from_magnitude`
+    for the parameters (same defaults).
+    """
+    vox = tuple(float(v) for v in voxel_size)
     if not fg.any():
-        return np.zeros(img.shape, dtype=bool)
+        return np.zeros(fg.shape, dtype=bool)
 
     # Steps 2-3: opening by erode_mm restricted to the largest component
     brain = _ball_open_largest(fg, vox, erode_mm)
 
-    # Step 4: fill holes (3D, slice-wise)
+    # Step 4: fill holes (3D, optionally slice-wise)
     if fill_holes:
         brain = _fill_holes(brain, fill_slicewise)
 
@@ -237,3 +265,49 @@ def mask_from_magnitude(
     if shrink_voxels > 0:
         brain = ndimage.binary_erosion(brain, iterations=shrink_voxels, border_value=1)
     return brain
+
+
+def mask_from_phase(
+    phase: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    *,
+    coherence_threshold: float = 0.75,
+    erode_mm: float = 4.0,
+    fill_holes: bool = True,
+    smooth_mm: float = 1.0,
+    shrink_voxels: int = 1,
+) -> np.ndarray:
+    """Brain mask from the wrapped phase alone (for data without magnitude images).
+
+    Voxels whose local phase coherence (:func:`qsm_bids.core.quality.phase_coherence`,
+    3x3x3 neighbourhood, first two echoes) exceeds ``coherence_threshold`` are tissue with
+    signal; noise (air, bone) has a coherence of about 0.2. The result is cleaned up like
+    the magnitude mask (:func:`clean_mask`). Less reliable than a magnitude mask: tissue
+    with strong field gradients (near sinuses) loses coherence and may be excluded.
+
+    Parameters
+    ----------
+    phase : (X, Y, Z) or (X, Y, Z, E) array
+        Wrapped phase (rad).
+    voxel_size : 3 floats
+        Voxel size (mm).
+    coherence_threshold : float, default 0.75
+        Minimum local coherence (0..1) of tissue.
+    erode_mm, fill_holes, smooth_mm, shrink_voxels
+        As in :func:`mask_from_magnitude` (defaults 4.0, True, 1.0, 1).
+
+    Returns
+    -------
+    (X, Y, Z) bool array
+    """
+    from qsm_bids.core.quality import phase_coherence
+
+    fg = phase_coherence(phase) > coherence_threshold
+    return clean_mask(
+        fg,
+        voxel_size,
+        erode_mm=erode_mm,
+        fill_holes=fill_holes,
+        smooth_mm=smooth_mm,
+        shrink_voxels=shrink_voxels,
+    )

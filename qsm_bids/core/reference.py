@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def reference_mean(chi: np.ndarray, mask: np.ndarray, *, region: np.ndarray | None = None) -> np.ndarray:
+def reference_mean(
+    chi: np.ndarray, mask: np.ndarray, *, region: np.ndarray | None = None
+) -> np.ndarray:
     """Subtract the mean susceptibility over the whole brain mask (ppm).
 
     Parameters
@@ -33,7 +35,9 @@ def reference_mean(chi: np.ndarray, mask: np.ndarray, *, region: np.ndarray | No
     return np.where(mask, chi - offset, 0).astype(np.float32)
 
 
-def reference_mask(chi: np.ndarray, mask: np.ndarray, *, region: np.ndarray | None = None) -> np.ndarray:
+def reference_mask(
+    chi: np.ndarray, mask: np.ndarray, *, region: np.ndarray | None = None
+) -> np.ndarray:
     """Subtract the mean susceptibility over a user-given reference region (ppm).
 
     Parameters

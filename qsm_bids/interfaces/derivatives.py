@@ -23,7 +23,13 @@ from qsm_bids.interfaces.load import run_from_json
 
 #: input name -> (suffix, desc, units, is_mask, stages whose provenance applies)
 OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
-    "chi": ("Chimap", None, "ppm", False, ("mask", "unwrap", "combine", "background", "inversion", "reference")),
+    "chi": (
+        "Chimap",
+        None,
+        "ppm",
+        False,
+        ("mask", "unwrap", "combine", "background", "inversion", "reference"),
+    ),
     "mask": ("mask", "brain", "", True, ("mask",)),
     "local_mask": ("mask", "local", "", True, ("mask", "background")),
     "total_field": ("fieldmap", "total", "Hz", False, ("mask", "unwrap", "combine")),

@@ -78,7 +78,7 @@ class LoadRun(SimpleInterface):
             "voxel_size": [float(v) for v in data.voxel_size],
             "b0_dir": [float(v) for v in data.b0_dir],
             "shape": list(data.phase.shape),
-            "notes": list(data.notes) + list(run.warnings),
+            "notes": list(data.notes),
             "has_magnitude": data.magnitude is not None,
         }
         path = cwd / "meta.json"

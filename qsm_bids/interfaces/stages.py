@@ -6,14 +6,10 @@ The numerics live in :mod:`qsm_bids.core`; these classes only read volumes, call
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined
 
 from qsm_bids.core.physics import hz_to_ppm
-from qsm_bids.core.quality import phase_coherence
 from qsm_bids.core.relaxometry import t2star_from_r2star
 from qsm_bids.interfaces.base import (
     StageInputSpec,
@@ -41,8 +37,8 @@ class _MaskOutputSpec(TraitedSpec):
 
 
 class BrainMask(StageInterface):
-    """Brain mask from the magnitude, from a user mask file, or (phase-only data) from the
-    local phase coherence used as a pseudo-magnitude."""
+    """Brain mask by the chosen algorithm (from the magnitude, or from the phase quality),
+    or the user's mask file."""
 
     stage = "mask"
     input_spec = _MaskInputSpec
@@ -60,9 +56,12 @@ class BrainMask(StageInterface):
                 )
             mask = mask.reshape(shape)
         else:
-            image = _optional(self.inputs.magnitude)
-            if image is None:
-                image = phase_coherence(read_volume(self.inputs.phase))
+            if self.inputs.algorithm == "magnitude":
+                image = _optional(self.inputs.magnitude)
+                if image is None:
+                    raise ValueError("mask algorithm 'magnitude' needs magnitude images")
+            else:
+                image = read_volume(self.inputs.phase)
             mask = self.call(image, tuple(meta["voxel_size"]))
         self._results["mask"] = write_like(mask, self.inputs.phase, "mask", runtime.cwd)
         return runtime
@@ -265,9 +264,3 @@ class R2Star(StageInterface):
             t2star_from_r2star(r2).astype(np.float32), self.inputs.mask, "t2star", runtime.cwd
         )
         return runtime
-
-
-def dump_provenance(path: str | Path, provenance: dict) -> str:
-    """Write a provenance dict as JSON (used by tests and the derivatives writer)."""
-    Path(path).write_text(json.dumps(provenance, indent=2, sort_keys=True))
-    return str(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nb
@@ -25,7 +26,8 @@ from qsm_bids.pipeline.susceptibility import (
     init_inversion_wf,
     init_r2star_wf,
 )
-from qsm_bids.recipe import Recipe
+from qsm_bids.recipe import Recipe, StageChoice
+from qsm_bids.registry import resolve
 
 
 def estimate_volume_gb(run: Run) -> tuple[float, float]:
@@ -41,6 +43,13 @@ def estimate_volume_gb(run: Run) -> tuple[float, float]:
 def workflow_name(run: Run) -> str:
     """A nipype-safe workflow name for a run (letters, digits and underscores)."""
     return "qsm_" + re.sub(r"[^0-9a-zA-Z]", "_", run.name)
+
+
+def phase_only_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with its magnitude-based mask replaced by the phase-quality mask (with
+    its defaults), for runs that have no magnitude images."""
+    choice = StageChoice("mask", "phase_quality", resolve("mask", "phase_quality", {}))
+    return replace(recipe, stages={**recipe.stages, "mask": choice})
 
 
 def init_qsm_wf(
@@ -70,14 +79,14 @@ def init_qsm_wf(
         Threads given to each FFT-heavy node.
     """
     vol, vol4 = estimate_volume_gb(run)
+    if not run.magnitude_files and recipe["mask"].algorithm == "magnitude" and not mask_file:
+        recipe = phase_only_recipe(recipe)
     wf = pe.Workflow(name=name or workflow_name(run))
     load = pe.Node(LoadRun(run_json=run_to_json(run)), name="load", mem_gb=3 * vol4 + 0.2)
     mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
     unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=n_procs)
     combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
-    background_wf = init_background_wf(
-        recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs
-    )
+    background_wf = init_background_wf(recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs)
     inversion_wf = init_inversion_wf(
         recipe["inversion"],
         recipe["reference"],
@@ -146,15 +155,17 @@ def init_participant_wf(
     """
     wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(work_dir))
     for run in runs:
-        wf.add_nodes([
-            init_qsm_wf(
-                run,
-                recipe,
-                output_dir=output_dir,
-                bids_dir=bids_dir,
-                mask_file=(mask_files or {}).get(run.name),
-                reference_mask=reference_mask,
-                n_procs=n_procs,
-            )
-        ])
+        wf.add_nodes(
+            [
+                init_qsm_wf(
+                    run,
+                    recipe,
+                    output_dir=output_dir,
+                    bids_dir=bids_dir,
+                    mask_file=(mask_files or {}).get(run.name),
+                    reference_mask=reference_mask,
+                    n_procs=n_procs,
+                )
+            ]
+        )
     return wf

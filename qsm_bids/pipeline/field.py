@@ -55,9 +55,7 @@ def init_unwrap_wf(
     Outputs: ``unwrapped`` (4D, rad).
     """
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(
-        IdentityInterface(["phase", "magnitude", "mask", "meta"]), name="inputnode"
-    )
+    inputnode = pe.Node(IdentityInterface(["phase", "magnitude", "mask", "meta"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(["unwrapped"]), name="outputnode")
     node = stage_node(UnwrapPhase, choice, name="unwrap", mem_gb=mem_gb, n_procs=n_procs)
     wf.connect([
