@@ -1,0 +1,15 @@
+"""Background field removal: separate the local field (sources inside the brain mask) from
+the background field (sources outside it: air, bone, shim residuals).
+
+* :func:`vsharp` -- V-SHARP (Wu et al., MRM 2012), returns an eroded mask.
+* :func:`pdf` -- projection onto dipole fields (Liu et al., NMR Biomed 2011), keeps the mask.
+
+Both take ``(field, mask, voxel_size, b0_dir, *, weights=None, <tunables>)`` and return
+``(local_field float32, local_mask bool)`` in the unit of ``field``. Neither can recover the
+harmonic (including constant) part of the local field; the referencing step demeans chi.
+"""
+
+from qsm_bids.core.background.pdf import pdf
+from qsm_bids.core.background.vsharp import vsharp
+
+__all__ = ["pdf", "vsharp"]

@@ -1,0 +1,167 @@
+"""PDF background field removal (projection onto dipole fields).
+
+Reference
+---------
+* Liu T, Khalidov I, de Rochefort L, Spincemaille P, Liu J, Tsiouris AJ, Wang Y. A novel
+  background field removal method for MRI using projection onto dipole fields (PDF).
+  NMR Biomed 2011;24:1129-1136.
+
+Principle: the background field is the field of dipole sources outside the mask. PDF finds
+the susceptibility ``chi_out`` supported outside the mask (on a zero-padded grid, so that
+sources beyond the field of view can be represented) whose field best matches the measured
+field inside the mask in the weighted least-squares sense,
+
+    chi_out = argmin || W M (field - D (1 - M) chi_out) ||^2,
+
+solved by conjugate gradients on the normal equations, and subtracts ``D chi_out`` from the
+field. Fields of outside sources are orthogonal (approximately) to those of inside sources,
+so the local field keeps most of its mean; a harmonic component of the local field that an
+outside source can reproduce is removed with the background (not recoverable by any
+background removal method). The referencing step later fixes the susceptibility offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg.blas
+
+from qsm_bids.core import kernels
+
+__all__ = ["pdf"]
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Inner product of two float32 arrays (BLAS, returned as a Python float)."""
+    return float(np.dot(a.ravel(), b.ravel()))
+
+
+def _axpy(alpha: np.float32, x: np.ndarray, y: np.ndarray) -> None:
+    """In place ``y += alpha * x`` without a temporary array."""
+    blas_axpy = scipy.linalg.blas.get_blas_funcs("axpy", (x, y))
+    blas_axpy(x.ravel(), y.ravel(), a=float(alpha))
+
+
+def pdf(
+    field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    b0_dir: tuple[float, float, float],
+    *,
+    weights: np.ndarray | None = None,
+    tolerance: float = 3e-4,
+    max_iter: int = 60,
+    padding: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the background field by projection onto dipole fields (Liu et al. 2011).
+
+    Parameters
+    ----------
+    field : (X, Y, Z) array
+        Total (unwrapped, echo-combined) field map, any linear unit (the pipeline passes Hz).
+        Values outside ``mask`` are ignored.
+    mask : (X, Y, Z) array
+        Brain mask (non-zero = inside).
+    voxel_size : 3 floats
+        Voxel size in mm.
+    b0_dir : 3 floats
+        B0 direction in voxel-index space (see :func:`qsm_bids.core.kernels.b0_direction`).
+    weights : (X, Y, Z) array or None, default None
+        Non-negative data weights ``W`` (e.g. inverse noise standard deviation of the field,
+        or magnitude); only their values inside the mask matter and they are normalised to
+        a root-mean-square of 1 there. ``None`` gives uniform weights.
+    tolerance : float, default 3e-4
+        Stop when the residual norm of the normal equations falls below ``tolerance`` times
+        its initial value.
+    max_iter : int, default 60
+        Maximum number of conjugate-gradient iterations (each costs two forward/inverse
+        real FFT pairs on the padded grid).
+    padding : int, default 8
+        Zero-padding (voxels) added on each side of every axis; dipole sources are fitted in
+        the padded region too, to represent sources outside the field of view.
+
+    Returns
+    -------
+    local_field : (X, Y, Z) float32 array
+        ``field - D chi_out`` inside the mask (same unit as ``field``), zero outside.
+    local_mask : (X, Y, Z) bool array
+        The input mask (PDF does not erode it).
+
+    Notes
+    -----
+    Defaults were tuned on the MNI-based head phantom of :mod:`qsm_bids.simulate.phantom`:
+    local-field NRMSE about 49 % at 2 mm and 44 % at 1 mm, reached after 40-60 iterations;
+    further iterations start fitting the local field with outside sources (NRMSE rises
+    slowly). Worst case (60 iterations) about 11 s at 180x220x180 on 2 cores.
+    """
+    f = np.asarray(field, dtype=np.float32)
+    m = np.asarray(mask) != 0
+    if f.ndim != 3 or f.shape != m.shape:
+        raise ValueError(f"field {f.shape} and mask {m.shape} must be 3D arrays of one shape")
+    if tolerance <= 0 or max_iter < 1 or padding < 0:
+        raise ValueError("tolerance must be > 0, max_iter >= 1 and padding >= 0")
+    vs = tuple(float(v) for v in voxel_size)
+    if not np.any(m):
+        return np.zeros(f.shape, dtype=np.float32), m.copy()
+
+    # Data weights W^2 inside the mask, normalised (root-mean-square of W = 1 in the mask).
+    if weights is None:
+        w2 = m.astype(np.float32)
+    else:
+        w = np.asarray(weights, dtype=np.float32)
+        if w.shape != m.shape:
+            raise ValueError(f"weights {w.shape} must have the shape of the mask {m.shape}")
+        if np.any(w[m] < 0) or not np.all(np.isfinite(w[m])):
+            raise ValueError("weights must be finite and >= 0 inside the mask")
+        w2 = np.where(m, w * w, np.float32(0.0)).astype(np.float32)
+        norm = float(np.mean(w2[m], dtype=np.float64))
+        if norm <= 0:
+            raise ValueError("weights are all zero inside the mask")
+        w2 /= np.float32(norm)
+
+    # Padded grid; the dipole kernel is built once.
+    shape = kernels.fast_shape(f.shape, int(padding))
+    w2p, sl = kernels.pad_to(w2, shape)
+    fp, _ = kernels.pad_to(np.where(m, f, np.float32(0.0)), shape)
+    mp, _ = kernels.pad_to(m, shape)
+    d_k = kernels.dipole_kernel(shape, vs, b0_dir, real=True)
+    del w2
+
+    def dipole(x: np.ndarray) -> np.ndarray:
+        spec = kernels.rfftn(x)
+        spec *= d_k
+        return kernels.irfftn(spec, s=shape)
+
+    # Normal equations (Liu 2011, eq. 4), unknown chi_out supported outside the mask:
+    #   A chi = b,  A = (1 - M) D^T W^2 M D (1 - M),  b = (1 - M) D^T W^2 M field,
+    # with D symmetric (real kernel); W^2 is zero outside the mask, so it carries M.
+    outside = (~mp).astype(np.float32)
+    x = np.zeros(shape, dtype=np.float32)
+    r = dipole(w2p * fp)
+    r *= outside
+    p = r.copy()
+    rs = _dot(r, r)
+    stop = (float(tolerance) ** 2) * rs
+    for _ in range(int(max_iter)):
+        if rs <= stop or rs == 0.0:
+            break
+        # A p: (1 - M) D W^2 D p; p is already zero inside the mask.
+        ap = dipole(p)
+        ap *= w2p
+        ap = dipole(ap)
+        ap *= outside
+        p_ap = _dot(p, ap)
+        if p_ap <= 0.0:
+            break
+        alpha = np.float32(rs / p_ap)
+        _axpy(alpha, p, x)  # x += alpha p
+        _axpy(-alpha, ap, r)  # r -= alpha A p
+        rs_new = _dot(r, r)
+        p *= np.float32(rs_new / rs)  # p = r + beta p
+        p += r
+        rs = rs_new
+    del r, p, w2p, outside
+
+    # Subtract the field of the fitted outside sources.
+    local = fp - dipole(x)
+    local = np.where(mp, local, np.float32(0.0))[sl].astype(np.float32, copy=False)
+    return np.ascontiguousarray(local), m.copy()
