@@ -12,8 +12,9 @@ float32 unwrapped phase (rad), consistent in space and across echoes (echo n fol
 * :func:`unwrap_laplacian` -- Laplacian / least-squares unwrapping (Schofield & Zhu, Opt Lett
   2003), by default snapped onto the wrapped data so that it is congruent too.
 
-The multi-echo strategy (echo 1 and the echo difference spatially, later echoes temporally)
-is in :mod:`qsm_bids.core.unwrap.temporal`.
+The multi-echo strategy (echo 1 and the echo difference spatially, the steeper of the two
+re-derived from the other and a robust smooth phase offset, later echoes temporally) is in
+:mod:`qsm_bids.core.unwrap.temporal`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from qsm_bids.core.unwrap.laplacian import laplacian_unwrap_3d, make_congruent
 from qsm_bids.core.unwrap.region_growing import edge_weights, region_growing_unwrap_3d
 from qsm_bids.core.unwrap.temporal import (
+    robust_smooth_phase,
     temporal_unwrap,
     unwrap_multi_echo,
     weighted_linear_fit,
@@ -34,6 +36,7 @@ __all__ = [
     "laplacian_unwrap_3d",
     "make_congruent",
     "region_growing_unwrap_3d",
+    "robust_smooth_phase",
     "temporal_unwrap",
     "unwrap_laplacian",
     "unwrap_multi_echo",
@@ -52,17 +55,23 @@ def unwrap_region_growing(
     *,
     magnitude_weights: bool = True,
     gradient_weights: bool = True,
-    echo_strategy: str = "temporal",
+    linearity_weights: bool = True,
+    extrapolate: bool = True,
+    echo_strategy: str = "template",
     center_frequency: bool = True,
 ) -> np.ndarray:
     """Exact quality-guided region-growing unwrapping of (multi-echo) phase (ROMEO-like).
 
     Follows Dymerska et al., "Phase unwrapping with a rapid opensource minimum spanning tree
-    algorithm (ROMEO)", MRM 2021;85:2294-2308: edge weights from phase coherence, magnitude
-    coherence and echo-1/echo-2 gradient coherence, quantised to 255 levels, and growth along
-    the most reliable edge first with a bucket queue. Multi-echo data: echo 1 and the
-    echo-difference phase are unwrapped spatially, later echoes temporally against the linear
-    prediction ``phase0 + 2*pi*f*TE`` (see :func:`unwrap_multi_echo`).
+    algorithm (ROMEO)", MRM 2021;85:2294-2308: edge weights from phase coherence, phase
+    linearity, magnitude coherence and echo-1/echo-2 gradient coherence, quantised to 255
+    levels, and growth along the most reliable edge first with a bucket queue; where the
+    phase is steep along the growth direction, new voxels are unwrapped against a linear
+    extrapolation (see :func:`region_growing_unwrap_3d`). Multi-echo data: echo 1 and the
+    echo-difference phase are unwrapped spatially; the steeper of the two is then re-derived
+    voxel-wise from the other and a robust smooth phase offset (ROMEO's template idea), and
+    later echoes are unwrapped temporally against the linear prediction
+    ``phase0 + 2*pi*f*TE`` (see :func:`unwrap_multi_echo`).
 
     Parameters
     ----------
@@ -75,14 +84,25 @@ def unwrap_region_growing(
     echo_times : E floats
         Echo times (s), increasing.
     voxel_size : 3 floats
-        Voxel size (mm); not used by this method (kept for the common stage signature).
+        Voxel size (mm); sets the smoothing of the phase offset (5 mm sigma).
     magnitude_weights : bool, default True
         Include the magnitude coherence ``min/max`` in the edge weights (if magnitude given).
     gradient_weights : bool, default True
-        Include the echo-1/echo-2 gradient coherence in the edge weights of echo 1 (E >= 2).
-    echo_strategy : str, default "temporal"
-        "temporal" (echoes >= 3 voxel-wise against the prediction) or "individual" (every
-        echo unwrapped spatially, its global 2*pi*k per component set from the prediction).
+        Include the echo-1/echo-2 gradient coherence (compared modulo 2*pi) in the edge
+        weights of echo 1 (E >= 2).
+    linearity_weights : bool, default True
+        Include the phase linearity (small wrapped change of the gradient along a line) in
+        the edge weights.
+    extrapolate : bool, default True
+        Unwrap against the linear extrapolation along the growth direction where the
+        unwrapped phase there changes by more than pi/2 (and less than 3 pi/2) per voxel.
+    echo_strategy : str, default "template"
+        "template" (echo 1 or the echo difference, whichever has the shorter time, is the
+        template from which the other is re-derived voxel-wise; echoes >= 3 voxel-wise
+        against the prediction), "temporal" (echo 1 and the echo difference both kept as
+        unwrapped spatially; the behaviour before "template" existed) or "individual"
+        (every echo unwrapped spatially, its global 2*pi*k per component set from the
+        prediction).
     center_frequency : bool, default True
         Resolve the global 2*pi*k of the echo-difference phase by putting the mean frequency
         of each mask component within half a cycle (over TE_2 - TE_1) of 0 Hz.
@@ -93,7 +113,6 @@ def unwrap_region_growing(
         Unwrapped phase (rad); inside the mask exactly ``phase + 2*pi*k`` (k integer),
         outside the mask the wrapped input.
     """
-    del voxel_size  # region growing works on voxel neighbours only
 
     def spatial(
         wrapped: np.ndarray, mag: np.ndarray | None, second: np.ndarray | None, ratio: float
@@ -104,8 +123,9 @@ def unwrap_region_growing(
             mag if magnitude_weights else None,
             second if gradient_weights else None,
             ratio,
+            linearity=linearity_weights,
         )
-        return region_growing_unwrap_3d(wrapped, mask, weights=w)
+        return region_growing_unwrap_3d(wrapped, mask, weights=w, extrapolate=extrapolate)
 
     return unwrap_multi_echo(
         phase,
@@ -115,7 +135,15 @@ def unwrap_region_growing(
         spatial,
         echo_strategy=echo_strategy,
         center_frequency=center_frequency,
+        voxel_size=_voxel_size(voxel_size),
     )
+
+
+def _voxel_size(voxel_size: tuple[float, float, float]) -> tuple[float, float, float]:
+    v = tuple(float(x) for x in np.ravel(voxel_size))
+    if len(v) != 3 or not all(x > 0 for x in v):
+        raise ValueError(f"voxel_size must be 3 positive floats (mm), got {voxel_size!r}")
+    return v  # type: ignore[return-value]
 
 
 def unwrap_laplacian(
@@ -129,7 +157,7 @@ def unwrap_laplacian(
     use_mask: bool = True,
     max_iter: int = 100,
     tol: float = 1e-4,
-    echo_strategy: str = "temporal",
+    echo_strategy: str = "template",
     center_frequency: bool = True,
 ) -> np.ndarray:
     """Laplacian (least-squares) unwrapping of (multi-echo) phase (Schofield & Zhu 2003).
@@ -169,8 +197,9 @@ def unwrap_laplacian(
         Maximum conjugate-gradient iterations per spatial unwrap.
     tol : float, default 1e-4
         Relative residual at which conjugate gradients stop.
-    echo_strategy : str, default "temporal"
-        As in :func:`unwrap_region_growing`.
+    echo_strategy : str, default "template"
+        As in :func:`unwrap_region_growing` (with ``congruent=False``, "template" and
+        "temporal" coincide).
     center_frequency : bool, default True
         As in :func:`unwrap_region_growing`.
 
@@ -201,4 +230,5 @@ def unwrap_laplacian(
         echo_strategy=echo_strategy,
         center_frequency=center_frequency,
         congruent=congruent,
+        voxel_size=_voxel_size(voxel_size),
     )

@@ -4,14 +4,18 @@ Follows Dymerska B, Eckstein K, Bachrata B, et al. "Phase unwrapping with a rapi
 minimum spanning tree algorithm (ROMEO)". Magn Reson Med 2021;85:2294-2308:
 
 1. Every pair of face-neighbouring voxels (an *edge*) gets a reliability weight in [0, 1] that
-   is the product of a phase coherence, an optional magnitude coherence and, for multi-echo
-   data, an optional gradient coherence between the first two echoes.
+   is the product of a phase coherence, a phase linearity (the wrapped gradient changes little
+   along the line through the edge), an optional magnitude coherence and, for multi-echo data,
+   an optional gradient coherence between the first two echoes.
 2. Weights are quantised into 255 levels (``uint8``; 0 means "no edge").
 3. Starting from a high-quality seed voxel, the unwrapped region grows along the most reliable
    edge first, using a bucket priority queue (one LIFO stack per weight level), which makes the
    growth O(number of voxels), i.e. a maximum spanning tree built greedily (Prim's algorithm).
 4. Each newly reached voxel ``t`` is unwrapped relative to its already unwrapped neighbour
-   ``s``: ``out[t] = phase[t] + 2*pi*round((out[s] - phase[t]) / (2*pi))``.
+   ``s``: ``out[t] = phase[t] + 2*pi*round((pred - phase[t]) / (2*pi))`` with ``pred =
+   out[s]``, or, where the unwrapped phase along the edge's line is steep, the linear
+   extrapolation ``pred = 2 out[s] - out[s - e]`` (our addition: a second-order prediction
+   that keeps true neighbour steps beyond pi right, as found next to air cavities at 7 T).
 
 The result is *exactly* congruent with the wrapped input (``out - phase`` is a multiple of
 ``2*pi`` to float32 precision); each connected component of the mask carries its own global
@@ -26,6 +30,9 @@ import numpy as np
 
 TWO_PI = 2.0 * np.pi
 N_LEVELS = 255  # quantisation levels of the edge weights (uint8 1..255; 0 = no edge)
+#: unwrapped steps (rad) along a line between which growth predicts by linear extrapolation
+SLOPE_THRESHOLD = 0.5 * np.pi
+SLOPE_MAX = 1.5 * np.pi
 
 
 # --------------------------------------------------------------------------------------
@@ -39,42 +46,60 @@ def _wrap(x: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _edge_weights_kernel(phase, mask, magnitude, use_mag, phase2, use_grad, te_ratio):
+def _second_difference(phase, mask, x, y, z, dx, dy, dz, d1):
+    """Largest wrapped change of the wrapped gradient ``d1`` of the edge from (x, y, z) to
+    (x+dx, y+dy, z+dz) relative to the collinear edges on either side (0 where absent)."""
+    nx, ny, nz = phase.shape
+    worst = 0.0
+    xa, ya, za = x - dx, y - dy, z - dz
+    if xa >= 0 and ya >= 0 and za >= 0 and mask[xa, ya, za]:
+        dprev = _wrap(float(phase[x, y, z]) - float(phase[xa, ya, za]))
+        c = abs(_wrap(d1 - dprev))
+        if c > worst:
+            worst = c
+    xb, yb, zb = x + 2 * dx, y + 2 * dy, z + 2 * dz
+    if xb < nx and yb < ny and zb < nz and mask[xb, yb, zb]:
+        dnext = _wrap(float(phase[xb, yb, zb]) - float(phase[x + dx, y + dy, z + dz]))
+        c = abs(_wrap(dnext - d1))
+        if c > worst:
+            worst = c
+    return worst
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_weights_kernel(phase, mask, magnitude, use_mag, phase2, use_grad, te_ratio, use_lin):
     nx, ny, nz = phase.shape
     w = np.zeros((3, nx, ny, nz), dtype=np.uint8)
     inv_pi = 1.0 / np.pi
+    te_scale = 1.0 / te_ratio if use_grad else 1.0
     for x in range(nx):
         for y in range(ny):
             for z in range(nz):
                 if not mask[x, y, z]:
                     continue
                 for d in range(3):
-                    x2, y2, z2 = x, y, z
-                    if d == 0:
-                        x2 += 1
-                        if x2 >= nx:
-                            continue
-                    elif d == 1:
-                        y2 += 1
-                        if y2 >= ny:
-                            continue
-                    else:
-                        z2 += 1
-                        if z2 >= nz:
-                            continue
+                    dx = 1 if d == 0 else 0
+                    dy = 1 if d == 1 else 0
+                    dz = 1 if d == 2 else 0
+                    x2, y2, z2 = x + dx, y + dy, z + dz
+                    if x2 >= nx or y2 >= ny or z2 >= nz:
+                        continue
                     if not mask[x2, y2, z2]:
                         continue
-                    # phase coherence: 1 - |wrapped difference| / pi
+                    # (a) phase coherence: 1 - |wrapped difference| / pi
                     d1 = _wrap(float(phase[x2, y2, z2]) - float(phase[x, y, z]))
                     q = 1.0 - abs(d1) * inv_pi
                     if use_grad:
-                        # gradient coherence: echo-1 gradient vs. echo-2 gradient scaled by
-                        # TE1/TE2 (1 rad of mismatch gives zero weight)
+                        # (b) gradient coherence: echo-2 difference vs. the echo-1 difference
+                        # scaled by TE2/TE1, compared modulo 2*pi (so that a wrapped echo-2
+                        # difference of a steep but consistent gradient is not penalised)
                         d2 = _wrap(float(phase2[x2, y2, z2]) - float(phase2[x, y, z]))
-                        g = 1.0 - abs(d1 - d2 * te_ratio)
-                        q *= g if g > 0.0 else 0.0
+                        q *= 1.0 - abs(_wrap(d2 - d1 * te_scale)) * inv_pi
+                    if use_lin:
+                        # (c) phase linearity: the gradient changes little along the line
+                        q *= 1.0 - _second_difference(phase, mask, x, y, z, dx, dy, dz, d1) * inv_pi
                     if use_mag:
-                        # magnitude coherence: min / max of the two magnitudes
+                        # (d) magnitude coherence: min / max of the two magnitudes
                         a = float(magnitude[x, y, z])
                         b = float(magnitude[x2, y2, z2])
                         lo = a if a < b else b
@@ -96,8 +121,16 @@ def edge_weights(
     magnitude: np.ndarray | None = None,
     phase2: np.ndarray | None = None,
     echo_time_ratio: float = 0.5,
+    *,
+    linearity: bool = True,
 ) -> np.ndarray:
     """Quantised ROMEO-style reliability weights of the edges between neighbouring voxels.
+
+    The weight of an edge is the product of coherences in [0, 1] (Dymerska et al. 2021,
+    section 2.1): phase coherence ``1 - |dphi| / pi``; with ``phase2``, a gradient coherence
+    between the echoes; with ``linearity``, a phase-linearity term (the wrapped gradient
+    changes little along the line through the edge); with ``magnitude``, the magnitude
+    coherence ``min / max``.
 
     Parameters
     ----------
@@ -109,17 +142,26 @@ def edge_weights(
         Magnitude (any unit); adds the coherence ``min(m_a, m_b) / max(m_a, m_b)``.
     phase2 : (X, Y, Z) array or None, default None
         Wrapped phase (rad) of echo 2; adds the gradient coherence
-        ``max(0, 1 - |dphi1 - dphi2 * TE1/TE2|)`` (differences in rad).
+        ``1 - |wrap(dphi2 - dphi1 * TE2/TE1)| / pi`` (differences in rad). The comparison
+        is made modulo 2*pi, so that a steep gradient that wraps in echo 2 but is consistent
+        with echo 1 keeps its weight (the plain ``1 - |dphi1 - dphi2 * TE1/TE2|`` saturates
+        at 0 wherever echo 2 wraps between neighbours, i.e. exactly where reliable ordering
+        matters most).
     echo_time_ratio : float, default 0.5
         ``TE1 / TE2`` (only used with ``phase2``).
+    linearity : bool, default True
+        Multiply by ``1 - c / pi`` with ``c`` the larger wrapped change of the gradient
+        (``|wrap(dphi - dphi_prev)|``, ``|wrap(dphi_next - dphi)|``) against the collinear
+        edges on either side that lie in the mask (ROMEO's phase linearity). Edges where an
+        aliased, steep gradient meets an unaliased one get low weights.
 
     Returns
     -------
     (3, X, Y, Z) uint8 array
         ``w[d, i, j, k]`` is the weight of the edge from voxel ``(i, j, k)`` to its neighbour
         one step further along axis ``d``: 1 (least reliable) to 255 (most reliable), 0 for
-        no edge (outside the mask or beyond the grid). The product of the coherences in
-        [0, 1] is mapped to ``1 + round(254 * q)`` (Dymerska 2021, section 2.1).
+        no edge (outside the mask or beyond the grid). The product ``q`` of the coherences
+        is mapped to ``1 + round(254 * q)``.
     """
     p = np.ascontiguousarray(phase, dtype=np.float32)
     m = np.ones(p.shape, bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
@@ -132,7 +174,11 @@ def edge_weights(
     for name, arr, used in (("magnitude", mag, use_mag), ("phase2", p2, use_grad)):
         if used and arr.shape != p.shape:
             raise ValueError(f"{name} shape {arr.shape} != phase shape {p.shape}")
-    return _edge_weights_kernel(p, m, mag, use_mag, p2, use_grad, float(echo_time_ratio))
+    if use_grad and not echo_time_ratio > 0:
+        raise ValueError(f"echo_time_ratio must be > 0, got {echo_time_ratio}")
+    return _edge_weights_kernel(
+        p, m, mag, use_mag, p2, use_grad, float(echo_time_ratio), bool(linearity)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -172,7 +218,7 @@ def _push_edges(v, wflat, n, strides, visited, buf, start, fill):
 
 
 @numba.njit(cache=True, nogil=True)
-def _grow(phase, wflat, mask, strides):
+def _grow(phase, wflat, mask, strides, dims, slope_threshold, slope_max):
     n = phase.size
     two_pi = np.float32(TWO_PI)
     inv_two_pi = 1.0 / TWO_PI
@@ -243,8 +289,25 @@ def _grow(phase, wflat, mask, strides):
                 src = t - strides[code]
             else:
                 src = t + strides[code - 3]
-            # step 4: unwrap relative to the already unwrapped neighbour
-            k = np.floor((out[src] - phase[t]) * inv_two_pi + 0.5)
+            # step 4: unwrap relative to the already unwrapped neighbour; where the phase
+            # along the edge's line is steep (the neighbour behind ``src`` is unwrapped and
+            # differs by more than ``slope_threshold``), predict by linear extrapolation,
+            # which stays right for steps beyond pi as long as the gradient changes slowly
+            pred = out[src]
+            dd = code if code < 3 else code - 3
+            sd = strides[dd]
+            pos = (src // sd) % dims[dd]
+            if code < 3:
+                beh = src - sd
+                ok = pos >= 1
+            else:
+                beh = src + sd
+                ok = pos <= dims[dd] - 2
+            if ok and visited[beh] and mask[beh]:
+                slope = out[src] - out[beh]
+                if slope_threshold < abs(slope) < slope_max:
+                    pred = out[src] + slope
+            k = np.floor((pred - phase[t]) * inv_two_pi + 0.5)
             out[t] = phase[t] + two_pi * np.float32(k)
             visited[t] = True
             hi = _push_edges(t, wflat, n, strides, visited, buf, start, fill)
@@ -258,6 +321,8 @@ def region_growing_unwrap_3d(
     mask: np.ndarray | None = None,
     magnitude: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    *,
+    extrapolate: bool = True,
 ) -> np.ndarray:
     """Exact quality-guided region-growing unwrapping of one 3D phase volume (ROMEO-like).
 
@@ -273,7 +338,15 @@ def region_growing_unwrap_3d(
     weights : (3, X, Y, Z) array or None, default None
         Precomputed edge weights, e.g. from :func:`edge_weights` (uint8 levels 0..255, or
         floats in [0, 1] which are quantised to 1..255 where > 0). Edges touching voxels
-        outside ``mask`` are ignored either way.
+        outside ``mask`` are ignored either way. None: :func:`edge_weights` of ``phase``
+        (phase coherence, linearity and, if given, magnitude coherence).
+    extrapolate : bool, default True
+        Where the already unwrapped phase along the line of the growth edge is steep
+        (``pi/2 < |u[s] - u[s - e]| < 3 pi/2`` rad for the source ``s`` and the voxel behind
+        it; the upper bound stops an earlier error from running away), unwrap the new voxel
+        against the linear extrapolation ``2 u[s] - u[s - e]`` instead of ``u[s]``. This
+        keeps steep but smooth phase (true neighbour steps beyond pi, e.g. next to air
+        cavities at 7 T) right; False: plain nearest-neighbour unwrapping.
 
     Returns
     -------
@@ -305,5 +378,15 @@ def region_growing_unwrap_3d(
         w[2, :, :, -1] = 0
     nx, ny, nz = p.shape
     strides = np.array([ny * nz, nz, 1], dtype=np.int64)
-    out, _ = _grow(p.ravel(), np.ascontiguousarray(w).ravel(), m.ravel(), strides)
+    dims = np.array([nx, ny, nz], dtype=np.int64)
+    thr = SLOPE_THRESHOLD if extrapolate else np.inf
+    out, _ = _grow(
+        p.ravel(),
+        np.ascontiguousarray(w).ravel(),
+        m.ravel(),
+        strides,
+        dims,
+        float(thr),
+        float(SLOPE_MAX),
+    )
     return out.reshape(p.shape)
