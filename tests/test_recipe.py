@@ -78,8 +78,14 @@ def test_missing_stage_and_bad_files(tmp_path: Path):
 
 def test_user_recipe_file_round_trip(tmp_path: Path):
     text = (Path(__file__).resolve().parents[1] / "workflows" / "fast.toml").read_text()
+    head, rest = text.split("[inversion]\n")
+    tail = rest[rest.index("\n\n") :]
     path = tmp_path / "mine.toml"
-    path.write_text(text.replace('algorithm = "tikhonov"', 'algorithm = "tkd"\nthreshold = 0.15'))
+    path.write_text(head + '[inversion]\nalgorithm = "tkd"\nthreshold = 0.15' + tail)
     recipe = load_recipe(path)
     assert recipe["inversion"].algorithm == "tkd"
     assert recipe["inversion"].params["threshold"] == pytest.approx(0.15)
+    # switching the algorithm but keeping the old one's parameters is an error
+    path.write_text(text.replace('algorithm = "tikhonov"', 'algorithm = "tkd"'))
+    with pytest.raises(RecipeError, match="unknown parameter"):
+        load_recipe(path)

@@ -23,7 +23,7 @@ log = logging.getLogger("qsm_bids")
 
 
 def setup_logging(verbosity: int) -> None:
-    """Console messages of qsm_bids (DEBUG with ``-v``); nipype's own only with ``-vv``."""
+    """Console messages of qsm_bids (DEBUG with ``-v``; nipype's own with ``-vv``)."""
     level = logging.DEBUG if verbosity > 0 else logging.INFO
     logger = logging.getLogger("qsm_bids")
     if not logger.handlers:
@@ -32,13 +32,6 @@ def setup_logging(verbosity: int) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level)
-    from nipype import config
-    from nipype import logging as nlogging
-
-    config.set("logging", "workflow_level", "INFO" if verbosity > 1 else "WARNING")
-    config.set("logging", "interface_level", "INFO" if verbosity > 1 else "WARNING")
-    config.set("execution", "check_version", "false")
-    nlogging.update_logging(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +71,7 @@ def cmd_participant(ns) -> int:
         mask_file=ns.mask_file,
         derivatives=ns.derivatives,
         reference_mask=ns.reference_mask,
+        verbose_nipype=ns.verbose > 1,
     )
     for run in result.succeeded:
         log.info("finished %s", run.name)

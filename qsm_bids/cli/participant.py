@@ -99,6 +99,7 @@ def run_participant_level(
     mask_file: Path | None = None,
     derivatives: Path | None = None,
     reference_mask: Path | None = None,
+    verbose_nipype: bool = False,
 ) -> ParticipantResult:
     """Process every selected run; inputs are validated before anything heavy starts.
 
@@ -146,6 +147,7 @@ def run_participant_level(
         reference_mask=str(reference_mask.resolve()) if reference_mask else None,
         n_procs=cores,
     )
+    quiet_nipype(verbose=verbose_nipype)
     crash_dir = work_dir / "crash"
     wf.config["execution"].update(
         {
@@ -170,6 +172,18 @@ def run_participant_level(
         else:
             result.failed[run.name] = summarise_crash(crash_dir, run)
     return result
+
+
+def quiet_nipype(verbose: bool = False) -> None:
+    """nipype's own log messages: warnings only, unless ``verbose``."""
+    from nipype import config
+    from nipype import logging as nlogging
+
+    level = "INFO" if verbose else "WARNING"
+    config.set("logging", "workflow_level", level)
+    config.set("logging", "interface_level", level)
+    config.set("execution", "check_version", "false")
+    nlogging.update_logging(config)
 
 
 def summarise_crash(crash_dir: Path, run: Run) -> str:
