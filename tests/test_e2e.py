@@ -113,3 +113,24 @@ def test_real_7t_crop_runs_and_is_plausible(shared_dir, tmp_path):
     assert -0.5 < lo < 0 < hi < 0.5
     side = json.loads((anat / "sub-crop_Chimap.json").read_text())
     assert "arbitrary" in json.dumps(side["ProcessingNotes"]).lower()
+
+
+def test_user_mask_file_replaces_the_mask_stage(e2e):
+    bids, _, root, _ = e2e
+    truth = bids / "derivatives" / "qsm_bids-truth" / ANAT / "sub-01_desc-brain_mask.nii.gz"
+    img = nb.load(truth)
+    user = np.asarray(img.dataobj) > 0
+    user[:, :, : user.shape[2] // 2] = False  # only the top half: clearly not the default
+    path = root / "my_mask.nii.gz"
+    nb.Nifti1Image(user.astype(np.uint8), img.affine).to_filename(path)
+    out = root / "out_usermask"
+    code = main([str(bids), str(out), "participant", "--mask-file", str(path),
+                 "-w", str(root / "work_usermask")])  # fmt: skip
+    assert code == 0
+    written = np.asarray(nb.load(out / ANAT / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
+    np.testing.assert_array_equal(written, user)
+    chi = np.asarray(nb.load(out / ANAT / "sub-01_Chimap.nii.gz").dataobj)
+    assert (chi[~user] == 0).all()
+    side = json.loads((out / ANAT / "sub-01_Chimap.json").read_text())
+    assert side["Stages"]["mask"]["Algorithm"] == "user_mask"
+    assert side["Stages"]["mask"]["Parameters"]["mask_file"] == str(path.resolve())

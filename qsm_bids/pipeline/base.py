@@ -79,7 +79,10 @@ def init_qsm_wf(
         Threads given to each FFT-heavy node.
     """
     vol, vol4 = estimate_volume_gb(run)
-    if not run.magnitude_files and recipe["mask"].algorithm == "magnitude" and not mask_file:
+    if mask_file:
+        user = StageChoice("mask", "user_mask", {"mask_file": str(mask_file)})
+        recipe = replace(recipe, stages={**recipe.stages, "mask": user})
+    elif not run.magnitude_files and recipe["mask"].algorithm == "magnitude":
         recipe = phase_only_recipe(recipe)
     wf = pe.Workflow(name=name or workflow_name(run))
     load = pe.Node(LoadRun(run_json=run_to_json(run)), name="load", mem_gb=3 * vol4 + 0.2)
