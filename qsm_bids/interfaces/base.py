@@ -17,7 +17,7 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, traits
 
-from qsm_bids import registry
+from qsm_bids import __version__, registry
 
 
 def read_volume(path: str | os.PathLike, dtype: type = np.float32) -> np.ndarray:
@@ -59,7 +59,14 @@ class StageInputSpec(BaseInterfaceInputSpec):
     algorithm = traits.Str(mandatory=True, desc="algorithm name from the registry")
     params = traits.Dict(desc="algorithm parameters (already validated by the recipe)")
     meta = File(exists=True, mandatory=True, desc="run metadata JSON")
-    num_threads = traits.Int(1, usedefault=True, desc="threads for FFTs and numba")
+    num_threads = traits.Int(
+        1, usedefault=True, nohash=True, desc="threads for FFTs (results do not depend on it)"
+    )
+    software_version = traits.Str(
+        __version__,
+        usedefault=True,
+        desc="qsm_bids version; part of the inputs' hash, so an upgrade recomputes cached stages",
+    )
 
 
 class StageInterface(SimpleInterface):
