@@ -77,3 +77,26 @@ def test_output_inside_the_raw_dataset_is_refused(tmp_path, capsys):
     bids = _tiny_bids(tmp_path / "bids")
     assert main([str(bids), str(bids), "participant"]) == 2
     assert str(bids) in capsys.readouterr().err
+
+
+def test_a_failing_run_is_summarised_in_one_line_with_exit_code_1(tmp_path, capsys):
+    import nibabel as nb
+    import numpy as np
+
+    bids = _tiny_bids(tmp_path / "bids")
+    ref = nb.load(bids / "sub-01" / "anat" / "sub-01_echo-1_part-mag_MEGRE.nii.gz")
+    region = np.zeros(ref.shape, np.uint8)  # empty: cannot reference to it
+    nb.Nifti1Image(region, ref.affine).to_filename(tmp_path / "ref.nii.gz")
+    recipe = Path(__file__).resolve().parents[1] / "workflows" / "fast.toml"
+    text = recipe.read_text().replace(
+        '[reference]\nalgorithm = "mean"', '[reference]\nalgorithm = "mask"'
+    )
+    (tmp_path / "r.toml").write_text(text)
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--pipeline", str(tmp_path / "r.toml"),
+                 "--reference-mask", str(tmp_path / "ref.nii.gz"),
+                 "-w", str(tmp_path / "work")])  # fmt: skip
+    assert code == 1
+    failed = [ln for ln in capsys.readouterr().err.splitlines() if "FAILED sub-01:" in ln]
+    assert failed and "does not overlap" in failed[0] and "crash-" in failed[0]
+    assert not (out / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").exists()

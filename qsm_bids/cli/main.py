@@ -26,11 +26,12 @@ def setup_logging(verbosity: int) -> None:
     """Console messages of qsm_bids (DEBUG with ``-v``; nipype's own with ``-vv``)."""
     level = logging.DEBUG if verbosity > 0 else logging.INFO
     logger = logging.getLogger("qsm_bids")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s qsm-bids: %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.propagate = False
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s qsm-bids: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.propagate = False
     logger.setLevel(level)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import derivative_path, write_dataset_description
 from qsm_bids.bids.layout import Run, find_runs, validate_output_dir
+from qsm_bids.cli.progress import Progress
 from qsm_bids.errors import QSMInputError
 from qsm_bids.recipe import Recipe
 
@@ -159,8 +160,25 @@ def run_participant_level(
             "poll_sleep_duration": 0.2,
         }
     )
+    from nipype.interfaces.utility import IdentityInterface
+
+    from qsm_bids.pipeline.base import workflow_name
+
+    steps = {
+        workflow_name(run): sum(
+            not isinstance(node.interface, IdentityInterface)
+            for node in wf.get_node(workflow_name(run))._get_all_nodes()
+        )
+        for run in runs
+    }
+    labels = {workflow_name(run): run.name for run in runs}
+    plugin_args = {
+        "n_procs": cores,
+        "memory_gb": mem,
+        "status_callback": Progress(steps, labels),
+    }
     try:
-        wf.run(plugin="MultiProc", plugin_args={"n_procs": cores, "memory_gb": mem})
+        wf.run(plugin="MultiProc", plugin_args=plugin_args)
     except RuntimeError as exc:
         log.debug("nipype reported: %s", exc)
 
