@@ -156,7 +156,7 @@ def run_participant_level(
             "crashfile_format": "txt",
             "stop_on_first_crash": False,
             "remove_unnecessary_outputs": False,
-            "hash_method": "content",
+            "hash_method": "timestamp",
             "poll_sleep_duration": 0.2,
         }
     )

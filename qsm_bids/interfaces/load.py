@@ -12,6 +12,7 @@ import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
+    InputMultiObject,
     SimpleInterface,
     TraitedSpec,
     traits,
@@ -41,6 +42,10 @@ def run_from_json(text: str) -> Run:
 
 class _LoadRunInputSpec(BaseInterfaceInputSpec):
     run_json = traits.Str(mandatory=True, desc="the run, as written by run_to_json")
+    in_files = InputMultiObject(
+        File(exists=True),
+        desc="the run's echo files; listed so that a changed input invalidates the cache",
+    )
 
 
 class _LoadRunOutputSpec(TraitedSpec):

@@ -85,7 +85,14 @@ def init_qsm_wf(
     elif not run.magnitude_files and recipe["mask"].algorithm == "magnitude":
         recipe = phase_only_recipe(recipe)
     wf = pe.Workflow(name=name or workflow_name(run))
-    load = pe.Node(LoadRun(run_json=run_to_json(run)), name="load", mem_gb=3 * vol4 + 0.2)
+    load = pe.Node(
+        LoadRun(
+            run_json=run_to_json(run),
+            in_files=[str(p) for p in (*run.phase_files, *run.magnitude_files)],
+        ),
+        name="load",
+        mem_gb=3 * vol4 + 0.2,
+    )
     mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
     unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=n_procs)
     combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
