@@ -41,6 +41,8 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
         {
             "vsharp": "qsm_bids.core.background:vsharp",
             "pdf": "qsm_bids.core.background:pdf",
+            "resharp": "qsm_bids.core.background:resharp",
+            "ismv": "qsm_bids.core.background:ismv",
         },
     ),
     "inversion": (

@@ -39,7 +39,7 @@ def ismv(
     b0_dir: tuple[float, float, float],
     *,
     weights: np.ndarray | None = None,
-    radius_mm: float = 4.0,
+    radius_mm: float = 3.0,
     tol: float = 1e-3,
     max_iter: int = 200,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -59,10 +59,10 @@ def ismv(
         for a uniform stage signature.
     weights : (X, Y, Z) array or None, default None
         Data weights; ignored (accepted for a uniform stage signature).
-    radius_mm : float, default 4.0
+    radius_mm : float, default 3.0
         Radius of the spherical-mean-value kernel in mm: the thickness of the boundary shell
         whose field values are the boundary condition; the returned mask is the input mask
-        eroded by it. Must exceed the smallest voxel edge.
+        eroded by it. At least the smallest voxel edge (one-voxel sphere otherwise).
     tol : float, default 1e-3
         Stop when the residual norm of the fixed-point equation falls below ``tol`` times
         its initial value (at ``b = f``).
@@ -79,7 +79,12 @@ def ismv(
 
     Notes
     -----
-    See the module docstring for the measured accuracy that set the defaults.
+    Defaults tuned on the head phantom of :mod:`qsm_bids.simulate` (2 mm) and a qsm-forward
+    ellipsoid head (1 mm), given the true total field. Local-field NRMSE (demeaned, truth
+    mask and returned mask eroded by 3 voxels): 42 % (true mask) and 18 % (magnitude mask) at
+    3 T, 53 % / 36 % at 7 T 15 deg oblique, 61 % on qsm-forward; the result depends strongly
+    on which tissue falls in the boundary shell, so on the mask and the radius. About 1.5 s at
+    180x220x180 on 2 cores (8 s at ``max_iter``).
     """
     del b0_dir, weights  # iSMV uses neither (see docstring)
     f = np.asarray(field, dtype=np.float32)
@@ -87,8 +92,10 @@ def ismv(
     if f.ndim != 3 or f.shape != m.shape:
         raise ValueError(f"field {f.shape} and mask {m.shape} must be 3D arrays of one shape")
     vs = tuple(float(v) for v in voxel_size)
-    if not radius_mm > min(vs):
-        raise ValueError(f"radius_mm {radius_mm} must exceed the smallest voxel edge {min(vs)}")
+    if not radius_mm >= min(vs):
+        raise ValueError(
+            f"radius_mm {radius_mm} must be at least the smallest voxel edge {min(vs)}"
+        )
     if tol <= 0 or max_iter < 1:
         raise ValueError("tol must be > 0 and max_iter >= 1")
     out_local = np.zeros(f.shape, dtype=np.float32)

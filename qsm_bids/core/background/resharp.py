@@ -83,10 +83,10 @@ def resharp(
     b0_dir: tuple[float, float, float],
     *,
     weights: np.ndarray | None = None,
-    radius_mm: float = 4.0,
-    lambda_: float = 1e-3,
-    tol: float = 1e-3,
-    max_iter: int = 100,
+    radius_mm: float = 6.0,
+    lambda_: float = 1e-4,
+    tol: float = 1e-4,
+    max_iter: int = 200,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field with RESHARP (Sun & Wilman, MRM 2014).
 
@@ -104,17 +104,17 @@ def resharp(
         for a uniform stage signature.
     weights : (X, Y, Z) array or None, default None
         Data weights; ignored (accepted for a uniform stage signature).
-    radius_mm : float, default 4.0
+    radius_mm : float, default 6.0
         Radius of the spherical-mean-value kernel in mm; the returned mask is the input mask
-        eroded by it. Must exceed the smallest voxel edge (a one-voxel sphere removes
+        eroded by it. At least the smallest voxel edge (a one-voxel sphere removes
         nothing).
-    lambda_ : float, default 1e-3
+    lambda_ : float, default 1e-4
         Tikhonov weight ``lambda`` (dimensionless: the SMV high-pass ``C`` has a k-space
         symbol between 0 and about 1.09, so the result does not depend on the field's unit).
-    tol : float, default 1e-3
+    tol : float, default 1e-4
         Stop the conjugate gradients when the residual norm of the normal equations falls
         below ``tol`` times its initial value.
-    max_iter : int, default 100
+    max_iter : int, default 200
         Maximum number of conjugate-gradient iterations (each costs two forward/inverse real
         FFT pairs on the mask's bounding box padded by the radius).
 
@@ -128,7 +128,13 @@ def resharp(
 
     Notes
     -----
-    See the module docstring for the measured accuracy that set the defaults.
+    Defaults tuned on the head phantom of :mod:`qsm_bids.simulate` (2 mm) and a qsm-forward
+    ellipsoid head (1 mm), given the true total field. Local-field NRMSE (demeaned, truth
+    mask and returned mask eroded by 3 voxels): 31 % at 3 T (true or magnitude mask), 42 % at
+    7 T 15 deg oblique, 57 % on qsm-forward (PDF 63 %). Smaller ``lambda_`` and larger radii
+    fit better on the first phantom (the Tikhonov term mostly shrinks the smooth local field),
+    ``lambda_`` 1e-3 slightly better on the second; 4 mm costs about 9 points but keeps ~9 %
+    more of the mask. About 10 s at 180x220x180 on 2 cores (21 s at ``max_iter``).
     """
     del b0_dir, weights  # RESHARP uses neither (see docstring)
     f = np.asarray(field, dtype=np.float32)
@@ -136,8 +142,10 @@ def resharp(
     if f.ndim != 3 or f.shape != m.shape:
         raise ValueError(f"field {f.shape} and mask {m.shape} must be 3D arrays of one shape")
     vs = tuple(float(v) for v in voxel_size)
-    if not radius_mm > min(vs):
-        raise ValueError(f"radius_mm {radius_mm} must exceed the smallest voxel edge {min(vs)}")
+    if not radius_mm >= min(vs):
+        raise ValueError(
+            f"radius_mm {radius_mm} must be at least the smallest voxel edge {min(vs)}"
+        )
     if lambda_ < 0 or tol <= 0 or max_iter < 1:
         raise ValueError("lambda_ must be >= 0, tol > 0 and max_iter >= 1")
     out_local = np.zeros(f.shape, dtype=np.float32)
