@@ -65,3 +65,22 @@ def test_phase_only_runs_switch_to_the_phase_quality_mask(recipe):
     assert po["mask"].algorithm == "phase_quality"
     assert po.provenance()["mask"]["Algorithm"] == "phase_quality"
     assert po["inversion"] == recipe["inversion"]
+
+
+def test_cores_are_shared_between_runs(tmp_path: Path, recipe):
+    bids = _tiny_bids(tmp_path / "bids")
+    sub2 = bids / "sub-02" / "anat"
+    sub2.mkdir(parents=True)
+    for f in (bids / "sub-01" / "anat").iterdir():
+        (sub2 / f.name.replace("sub-01", "sub-02")).write_bytes(f.read_bytes())
+    runs = find_runs(bids)
+    assert [r.subject for r in runs] == ["01", "02"]
+
+    def heavy_threads(n_runs: int, cores: int) -> int:
+        wf = init_participant_wf(runs[:n_runs], recipe, output_dir=tmp_path / "o",
+                                 bids_dir=bids, work_dir=tmp_path / "w", n_procs=cores)  # fmt: skip
+        return wf.get_node("qsm_sub_01.inversion_wf.invert").n_procs
+
+    assert heavy_threads(1, 4) == 4  # one run: all cores for its FFTs
+    assert heavy_threads(2, 4) == 2  # two runs side by side
+    assert heavy_threads(2, 1) == 1

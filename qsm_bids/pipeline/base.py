@@ -161,9 +161,14 @@ def init_participant_wf(
 ) -> pe.Workflow:
     """All runs' QSM workflows side by side in one workflow, for one nipype execution.
 
+    ``n_procs`` cores are shared: with R runs, each FFT-heavy node gets
+    ``n_procs // min(R, n_procs)`` threads, so R runs can proceed in parallel.
+
     ``mask_files`` maps a run's :attr:`~qsm_bids.bids.layout.Run.name` to a user brain mask.
     """
     wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(work_dir))
+    # threads per FFT-heavy node: share the cores between runs that can go side by side
+    threads = max(1, n_procs // max(1, min(len(runs), n_procs)))
     for run in runs:
         wf.add_nodes(
             [
@@ -174,7 +179,7 @@ def init_participant_wf(
                     bids_dir=bids_dir,
                     mask_file=(mask_files or {}).get(run.name),
                     reference_mask=reference_mask,
-                    n_procs=n_procs,
+                    n_procs=threads,
                 )
             ]
         )
