@@ -100,3 +100,22 @@ def test_a_failing_run_is_summarised_in_one_line_with_exit_code_1(tmp_path, caps
     failed = [ln for ln in capsys.readouterr().err.splitlines() if "FAILED sub-01:" in ln]
     assert failed and "does not overlap" in failed[0] and "crash-" in failed[0]
     assert not (out / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").exists()
+
+
+def test_a_participant_with_a_corrupt_file_is_skipped_and_the_others_run(tmp_path, capsys):
+    bids = _tiny_bids(tmp_path / "bids")
+    sub2 = bids / "sub-02" / "anat"
+    sub2.mkdir(parents=True)
+    for f in (bids / "sub-01" / "anat").iterdir():
+        (sub2 / f.name.replace("sub-01", "sub-02")).write_bytes(f.read_bytes())
+    bad = sub2 / "sub-02_echo-2_part-phase_MEGRE.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--pipeline", "fast",
+                 "-w", str(tmp_path / "work")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "SKIPPED sub-02" in err and str(bad) in err
+    assert "Traceback" not in err
+    assert not (out / "sub-02").exists()
+    assert (out / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").is_file()

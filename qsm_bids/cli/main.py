@@ -1,7 +1,8 @@
 """Entry point of ``qsm-bids``: dispatches to the participant level, simulate and demo.
 
 Exit codes: 0 success; 1 some runs failed while processing; 2 bad input or usage (nothing
-written for the offending input).
+written for the offending input; the other participants are still processed when only some
+runs have bad files).
 """
 
 from __future__ import annotations
@@ -78,13 +79,17 @@ def cmd_participant(ns) -> int:
         log.info("finished %s", run.name)
     for name, reason in result.failed.items():
         log.error("FAILED %s: %s", name, reason)
+    for name, reason in result.invalid.items():
+        log.error("SKIPPED %s (bad input): %s", name, reason)
     log.info(
         "%d of %d run(s) succeeded in %.0f s; outputs in %s",
         len(result.succeeded),
-        len(result.succeeded) + len(result.failed),
+        len(result.succeeded) + len(result.failed) + len(result.invalid),
         result.seconds,
         Path(ns.output_dir).resolve(),
     )
+    if result.invalid:
+        return 2
     return 1 if result.failed else 0
 
 

@@ -27,6 +27,7 @@ class ParticipantResult:
 
     succeeded: list[Run] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run name -> one-line reason
+    invalid: dict[str, str] = field(default_factory=dict)  # run name -> input error, not run
     seconds: float = 0.0
 
 
@@ -104,10 +105,13 @@ def run_participant_level(
 ) -> ParticipantResult:
     """Process every selected run; inputs are validated before anything heavy starts.
 
+    A run whose files fail the header checks is left out (listed in ``invalid``, nothing
+    written for it) and the other runs are processed.
+
     Raises
     ------
     QSMInputError
-        Any problem with the inputs, before anything is written.
+        A problem with the dataset, the options or every run, before anything is written.
     """
     from qsm_bids.pipeline.base import init_participant_wf
 
@@ -116,8 +120,16 @@ def run_participant_level(
     output_dir = output_dir.resolve()
     validate_output_dir(bids_dir, output_dir)
     runs = find_runs(bids_dir, participant_labels, session_labels)
+    invalid: dict[str, str] = {}
     for run in runs:
-        check_run_headers(run)
+        try:
+            check_run_headers(run)
+        except QSMInputError as exc:
+            invalid[run.name] = str(exc)
+            log.error("SKIPPED %s: %s", run.name, exc)
+    if len(invalid) == len(runs):
+        raise QSMInputError(None, "; ".join(invalid.values()))
+    runs = [run for run in runs if run.name not in invalid]
     if recipe["reference"].algorithm == "mask":
         if reference_mask is None or not reference_mask.is_file():
             raise QSMInputError(
@@ -182,7 +194,7 @@ def run_participant_level(
     except RuntimeError as exc:
         log.debug("nipype reported: %s", exc)
 
-    result = ParticipantResult(seconds=time.monotonic() - start)
+    result = ParticipantResult(seconds=time.monotonic() - start, invalid=invalid)
     for run in runs:
         chimap = derivative_path(output_dir, run, "Chimap")
         if chimap.is_file() and chimap.with_name(chimap.name.replace(".nii.gz", ".json")).is_file():
