@@ -57,3 +57,12 @@ def test_phase_only_data_runs_degraded_and_says_so(tmp_path):
     assert side["Stages"]["mask"]["Algorithm"] == "phase_quality"
     assert any("magnitude" in n for n in side["ProcessingNotes"])
     assert not (out / ANAT / "sub-01_R2starmap.nii.gz").exists()
+
+
+def test_demo_command_reports_accuracy(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--resolution", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "NRMSE against the phantom's truth" in out
+    for region in DEEP_GREY:
+        assert region in out
+    assert (tmp_path / "demo" / "derivatives" / "qsm_bids" / ANAT / "sub-01_Chimap.nii.gz").is_file()
