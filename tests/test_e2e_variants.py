@@ -65,4 +65,5 @@ def test_demo_command_reports_accuracy(tmp_path, capsys):
     assert "NRMSE against the phantom's truth" in out
     for region in DEEP_GREY:
         assert region in out
-    assert (tmp_path / "demo" / "derivatives" / "qsm_bids" / ANAT / "sub-01_Chimap.nii.gz").is_file()
+    chimap = tmp_path / "demo" / "derivatives" / "qsm_bids" / ANAT / "sub-01_Chimap.nii.gz"
+    assert chimap.is_file()
