@@ -1,11 +1,36 @@
 """qsm_bids: Quantitative Susceptibility Mapping from multi-echo GRE, as a BIDS app."""
 
 import os
+import tempfile
 from importlib.metadata import PackageNotFoundError, version
 
 # nipype checks online for a newer version once per process unless told not to; qsm_bids
 # never touches the network.
 os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+
+def _ensure_numba_cache_dir() -> None:
+    """Give numba a writable cache folder (read-only installs, containers, shared /tmp).
+
+    numba caches compiled functions next to their source when it can write there, else in
+    ``NUMBA_CACHE_DIR``; with neither writable, importing a cached function fails. Must run
+    before numba is imported.
+    """
+    current = os.environ.get("NUMBA_CACHE_DIR")
+    if current:
+        try:
+            os.makedirs(current, exist_ok=True)
+        except OSError:
+            pass
+        if os.access(current, os.W_OK):
+            return
+    elif os.access(os.path.join(os.path.dirname(__file__), "core", "unwrap"), os.W_OK):
+        return
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"qsm_bids-numba-{uid}")
+
+
+_ensure_numba_cache_dir()
 
 try:
     __version__ = version("qsm_bids")
