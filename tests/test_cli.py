@@ -119,3 +119,25 @@ def test_a_participant_with_a_corrupt_file_is_skipped_and_the_others_run(tmp_pat
     assert "Traceback" not in err
     assert not (out / "sub-02").exists()
     assert (out / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").is_file()
+
+
+def test_a_mask_on_another_grid_is_refused_before_running(tmp_path, capsys):
+    import nibabel as nb
+    import numpy as np
+
+    bids = _tiny_bids(tmp_path / "bids")
+    wrong = tmp_path / "mask.nii.gz"
+    nb.Nifti1Image(np.ones((5, 5, 5), np.uint8), np.eye(4)).to_filename(wrong)
+    out = tmp_path / "out"
+    for option in ("--mask-file", "--reference-mask"):
+        code = main([str(bids), str(out), "participant", option, str(wrong)])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert str(wrong) in err and "differs from the data" in err
+        assert not out.exists()
+
+
+def test_bad_simulator_options_are_a_clear_error(tmp_path, capsys):
+    assert main(["simulate", str(tmp_path / "sim"), "--subjects", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "subjects" in err and "Traceback" not in err

@@ -42,9 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in SUBCOMMANDS:
             command, rest = args[0], args[1:]
-            if command == "simulate":
-                return cmd_simulate(build_simulate_parser().parse_args(rest))
-            return cmd_demo(build_demo_parser().parse_args(rest))
+            try:
+                if command == "simulate":
+                    return cmd_simulate(build_simulate_parser().parse_args(rest))
+                return cmd_demo(build_demo_parser().parse_args(rest))
+            except (ValueError, OSError) as exc:  # bad options for the simulator, disk full
+                print(f"qsm-bids {command}: error: {exc}", file=sys.stderr)
+                return 2
         return cmd_participant(build_participant_parser().parse_args(args))
     except QSMInputError as exc:
         print(f"qsm-bids: error: {exc}", file=sys.stderr)

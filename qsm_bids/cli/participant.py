@@ -31,6 +31,14 @@ class ParticipantResult:
     seconds: float = 0.0
 
 
+def _spatial_shape(img) -> tuple[int, ...]:
+    """Shape without trailing singleton axes (``(X, Y, Z, 1)`` is a 3D image)."""
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
 def check_run_headers(run: Run) -> None:
     """Cheap checks on headers only: every echo file is a readable 3D image of one shape and
     affine. Raises :class:`QSMInputError` naming the offending file."""
@@ -41,15 +49,31 @@ def check_run_headers(run: Run) -> None:
             img = nb.load(str(path))
         except Exception as exc:  # nibabel raises several types for a broken file
             raise QSMInputError(path, f"cannot read NIfTI header ({exc})") from exc
-        if len(img.shape) != 3:
+        shape = _spatial_shape(img)
+        if len(shape) != 3:
             raise QSMInputError(path, f"expected a 3D image per echo, found shape {img.shape}")
         if ref is None:
             ref = img
             continue
-        if img.shape != ref.shape:
-            raise QSMInputError(path, f"shape {img.shape} differs from {ref_path.name} {ref.shape}")
+        if shape != _spatial_shape(ref):
+            raise QSMInputError(path, f"shape {shape} differs from {ref_path.name} {ref.shape}")
         if not np.allclose(img.affine, ref.affine, atol=1e-4):
             raise QSMInputError(path, f"affine differs from that of {ref_path.name}")
+
+
+def check_mask_on_grid(mask: Path, run: Run, option: str) -> None:
+    """A user-given mask must be a readable image on the run's voxel grid (shape, affine)."""
+    try:
+        img = nb.load(str(mask))
+    except Exception as exc:
+        raise QSMInputError(mask, f"{option}: cannot read NIfTI header ({exc})") from exc
+    ref = nb.load(str(run.phase_files[0]))
+    if _spatial_shape(img) != _spatial_shape(ref):
+        raise QSMInputError(
+            mask, f"{option}: shape {img.shape} differs from the data's {ref.shape} ({run.name})"
+        )
+    if not np.allclose(img.affine, ref.affine, atol=1e-3):
+        raise QSMInputError(mask, f"{option}: affine differs from the data's ({run.name})")
 
 
 def find_mask_files(
@@ -136,6 +160,11 @@ def run_participant_level(
                 reference_mask, "the recipe references to a mask: give --reference-mask PATH"
             )
     masks = find_mask_files(runs, derivatives, mask_file)
+    for run in runs:
+        if run.name in masks:
+            check_mask_on_grid(Path(masks[run.name]), run, "brain mask")
+        if reference_mask is not None:
+            check_mask_on_grid(reference_mask, run, "--reference-mask")
     cores, mem = resolve_resources(nprocs, mem_gb)
     log.info(
         "%d run(s): %s; pipeline %s; %d core(s), %.1f GB",
