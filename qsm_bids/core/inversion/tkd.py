@@ -14,31 +14,66 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsm_bids.core.kernels import dipole_kernel, fast_shape, irfftn, pad_to, rfftn
+from qsm_bids.core.kernels import dipole_kernel, fast_shape, irfftn, rfftn
 
 __all__ = ["tkd"]
 
 
-def _prepare(
-    local_field: np.ndarray, mask: np.ndarray, *, min_pad: int = 0
-) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[slice, ...]]:
-    """Validate inputs; return the masked field zero-padded to an FFT-friendly shape.
+class _Box:
+    """The mask's bounding box plus a margin, on an FFT-friendly grid.
 
-    Returns ``(field_padded float32, mask_padded bool, padded_shape, crop_slices)``.
+    The inversions run on this box, not on the whole field of view: a smaller grid where
+    the brain does not fill the FOV, and always at least ``margin`` voxels of zero padding
+    around the mask, so that the periodic FFT does not couple opposite sides of a brain
+    that touches the edge of the FOV (slabs, tight crops).
+    """
+
+    def __init__(self, mask: np.ndarray, margin: int) -> None:
+        self.full_shape = mask.shape
+        lo, hi = [], []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            nz = np.flatnonzero(mask.any(axis=other))
+            lo.append(int(nz[0]) if nz.size else 0)
+            hi.append(int(nz[-1]) + 1 if nz.size else mask.shape[axis])
+        self.src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        self.shape = fast_shape([b - a for a, b in zip(lo, hi, strict=True)], margin)
+        start = [(n - (b - a)) // 2 for n, a, b in zip(self.shape, lo, hi, strict=True)]
+        self.dst = tuple(slice(s0, s0 + b - a) for s0, a, b in zip(start, lo, hi, strict=True))
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (full FOV) cut to the box and zero-padded to :attr:`shape` (float32)."""
+        out = np.zeros(self.shape, np.float32)
+        out[self.dst] = x[self.src]
+        return out
+
+    def extract(self, xp: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`embed`: a full-FOV float32 array, zero outside the box."""
+        out = np.zeros(self.full_shape, np.float32)
+        out[self.src] = xp[self.dst]
+        return out
+
+
+def _prepare(
+    local_field: np.ndarray, mask: np.ndarray, *, margin: int = 8
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], _Box]:
+    """Validate inputs; return the masked field on the padded bounding box of the mask.
+
+    Returns ``(field_padded float32, mask_padded bool, padded_shape, box)``.
     """
     f = np.asarray(local_field, dtype=np.float32)
     m = np.asarray(mask).astype(bool)
     if f.ndim != 3 or f.shape != m.shape:
         raise ValueError(f"local_field {f.shape} and mask {m.shape} must be equal 3D shapes")
-    shape = fast_shape(f.shape, min_pad)
-    fp, sl = pad_to(np.where(m, f, np.float32(0)), shape)
-    mp, _ = pad_to(m, shape)
-    return fp.astype(np.float32, copy=False), mp, shape, sl
+    box = _Box(m, margin)
+    fp = box.embed(np.where(m, f, np.float32(0)))
+    mp = box.embed(m.astype(np.float32)) > 0
+    return fp, mp, box.shape, box
 
 
-def _finish(chi_padded: np.ndarray, mask: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray:
-    """Crop to the input grid, zero outside ``mask`` and return float32."""
-    chi = np.asarray(chi_padded[sl], dtype=np.float32)
+def _finish(chi_padded: np.ndarray, mask: np.ndarray, box: _Box) -> np.ndarray:
+    """Back to the input grid, zero outside ``mask``, float32."""
+    chi = box.extract(np.asarray(chi_padded, dtype=np.float32))
     return np.where(np.asarray(mask).astype(bool), chi, np.float32(0)).astype(np.float32)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _grad_symbol_sq, _prepare
-from qsm_bids.core.kernels import dipole_kernel, irfftn, pad_to, rfftn
+from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["tv_admm"]
 
@@ -137,7 +137,7 @@ def tv_admm(
         wp = np.where(inside, np.abs(wp), np.float32(0))
         mean = float(wp[inside].mean()) if np.any(inside) else 0.0
         mean = mean if mean > 0 else 1.0
-        w2 = pad_to(wp / np.float32(mean), shape)[0].astype(np.float32) ** 2
+        w2 = sl.embed(wp / np.float32(mean)) ** 2
 
     # Kernels and denominators, once (FANSI: the chi sub-problem is a k-space division).
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
