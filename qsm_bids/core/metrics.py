@@ -26,8 +26,8 @@ def nrmse(x: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     ``100 * ||(x - mean x) - (t - mean t)|| / ||t - mean t||`` over the voxels of ``mask``.
     """
     m = np.asarray(mask, dtype=bool)
-    xs = np.asarray(x, dtype=np.float64)[m]
-    ts = np.asarray(truth, dtype=np.float64)[m]
+    xs = np.asarray(x)[m].astype(np.float64)
+    ts = np.asarray(truth)[m].astype(np.float64)
     xs = xs - xs.mean()
     ts = ts - ts.mean()
     return float(100.0 * np.linalg.norm(xs - ts) / np.linalg.norm(ts))

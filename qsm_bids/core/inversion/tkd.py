@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsm_bids.core.kernels import dipole_kernel, fast_shape, irfftn, rfftn
+from qsm_bids.core.kernels import dipole_kernel, fast_shape, irfftn, laplacian_kernel, rfftn
 
 __all__ = ["tkd"]
 
@@ -90,13 +90,9 @@ def _grad_scale(voxel_size: Sequence[float]) -> np.ndarray:
 
 
 def _grad_symbol_sq(shape: Sequence[int], voxel_size: Sequence[float]) -> np.ndarray:
-    """``|G(k)|^2`` of the periodic forward-difference gradient (rfftn layout, float32)."""
-    h = _grad_scale(voxel_size)
-    n0, n1, n2 = (int(n) for n in shape)
-    w0 = (2 - 2 * np.cos(2 * np.pi * np.fft.fftfreq(n0))) / h[0] ** 2
-    w1 = (2 - 2 * np.cos(2 * np.pi * np.fft.fftfreq(n1))) / h[1] ** 2
-    w2 = (2 - 2 * np.cos(2 * np.pi * np.fft.rfftfreq(n2))) / h[2] ** 2
-    return (w0[:, None, None] + w1[None, :, None] + w2[None, None, :]).astype(np.float32)
+    """``|G(k)|^2`` of the periodic forward-difference gradient (rfftn layout, float32):
+    minus the discrete Laplacian's symbol, with steps in geometric-mean voxels."""
+    return -laplacian_kernel(shape, _grad_scale(voxel_size), real=True)
 
 
 def tkd(
