@@ -27,6 +27,18 @@ _MIN_RAD_SPAN = 5.0
 _MIN_INT_LEVELS = 256
 
 
+def wrap_to_pi(x: np.ndarray) -> np.ndarray:
+    """Angles (rad) wrapped into ``[-pi, pi)``, as a new float32 array.
+
+    The one vectorised wrap of qsm_bids (the numba unwrapper has its own scalar version).
+    """
+    out = (np.asarray(x, dtype=np.float32) + np.float32(np.pi)) % np.float32(_TWO_PI)
+    out -= np.float32(np.pi)
+    # float32 rounding just below 2*pi can land exactly on float32(pi)
+    out[out >= np.float32(np.pi)] -= np.float32(_TWO_PI)
+    return out
+
+
 def _wrap(x: np.ndarray) -> np.ndarray:
     """Wrap float32 radians into ``[-pi, pi)`` in place (values already inside are kept)."""
     outside = (x < -np.pi) | (x >= np.pi)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qsm_bids.core import kernels
+from qsm_bids.core.phase import wrap_to_pi
 from qsm_bids.core.physics import CHI_AIR_PPM, ppm_to_hz
 from qsm_bids.simulate.phantom import HeadPhantom
 
@@ -128,11 +129,6 @@ def smooth_phase_offset(
     return (p * (peak_to_peak_rad / max(float(p.max()), 1e-12))).astype(np.float32)
 
 
-def wrap_phase(phase: np.ndarray) -> np.ndarray:
-    """Wrap phase (rad) into [-pi, pi)."""
-    return (np.mod(phase + np.pi, 2.0 * np.pi) - np.pi).astype(np.float32)
-
-
 def simulate_acquisition(
     phantom: HeadPhantom,
     *,
@@ -215,7 +211,7 @@ def simulate_acquisition(
             re += gen.normal(0.0, sigma, shape).astype(np.float32)
             im += gen.normal(0.0, sigma, shape).astype(np.float32)
         mag[..., n] = np.hypot(re, im)
-        pha[..., n] = wrap_phase(np.arctan2(im, re))
+        pha[..., n] = wrap_to_pi(np.arctan2(im, re))
     return Acquisition(
         magnitude=mag,
         phase=pha,

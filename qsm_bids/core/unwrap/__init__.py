@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsm_bids.core.phase import wrap_to_pi
 from qsm_bids.core.unwrap.laplacian import laplacian_unwrap_3d, make_congruent
 from qsm_bids.core.unwrap.region_growing import edge_weights, region_growing_unwrap_3d
 from qsm_bids.core.unwrap.temporal import (
@@ -28,7 +29,6 @@ from qsm_bids.core.unwrap.temporal import (
     temporal_unwrap,
     unwrap_multi_echo,
     weighted_linear_fit,
-    wrap_to_pi,
 )
 
 __all__ = [

@@ -30,13 +30,9 @@ import scipy.fft
 import scipy.ndimage
 
 from qsm_bids.core.kernels import fft_workers, laplacian_kernel
+from qsm_bids.core.phase import wrap_to_pi
 
 TWO_PI = np.float32(2.0 * np.pi)
-
-
-def _wrap(x: np.ndarray) -> np.ndarray:
-    """Wrap to [-pi, pi) (float32)."""
-    return (x + np.float32(np.pi)) % TWO_PI - np.float32(np.pi)
 
 
 def _neumann_eigenvalues(shape: tuple[int, ...], voxel_size: tuple[float, ...]) -> np.ndarray:
@@ -192,7 +188,7 @@ def laplacian_unwrap_3d(
         # Step 1 (Schofield & Zhu): Laplacian of the true phase from wrapped differences
         rhs = np.zeros(p.shape, dtype=np.float32)
         for ax in range(3):
-            rhs += _div_t(_wrap(_diff(p, ax)) * np.float32(inv_d2[ax]), ax, p.shape)
+            rhs += _div_t(wrap_to_pi(_diff(p, ax)) * np.float32(inv_d2[ax]), ax, p.shape)
         # Step 2: invert the Laplacian (mirror boundaries: type-II DCT)
         est = _poisson_neumann(rhs, _neumann_eigenvalues(p.shape, vs))
         return _component_offsets(p, est, np.ones(p.shape, bool))
@@ -215,7 +211,7 @@ def laplacian_unwrap_3d(
     # Step 1: weighted Laplacian of the true phase from wrapped differences inside the mask
     b = np.zeros(shape, dtype=np.float32)
     for ax in range(3):
-        b += _div_t(_wrap(_diff(pb, ax)) * w[ax] * np.float32(inv_d2[ax]), ax, shape)
+        b += _div_t(wrap_to_pi(_diff(pb, ax)) * w[ax] * np.float32(inv_d2[ax]), ax, shape)
     eig = _neumann_eigenvalues(shape, vs)
     mf = mb.astype(np.float32)
 

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.ndimage
 
 from qsm_bids.core.echoes.offset import gaussian_smooth_normalised
+from qsm_bids.core.phase import wrap_to_pi
 
 TWO_PI = np.float32(2.0 * np.pi)
 #: "template": voxels whose smoothed phase0 has a lower coherence keep their spatial unwrap
@@ -46,12 +47,6 @@ MIN_PHASE0_COHERENCE = 0.5
 #: spatial unwrapper: (wrapped 3D, magnitude 3D or None, echo-2 wrapped 3D or None,
 #: TE1/TE2) -> unwrapped 3D float32 (rad)
 SpatialUnwrapper = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None, float], np.ndarray]
-
-
-def wrap_to_pi(x: np.ndarray) -> np.ndarray:
-    """Wrap angles (rad) to [-pi, pi) (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return (x + np.float32(np.pi)) % TWO_PI - np.float32(np.pi)
 
 
 def temporal_unwrap(phase: np.ndarray, prediction: np.ndarray) -> np.ndarray:
