@@ -7,13 +7,15 @@ import pytest
 
 from qsm_bids.core.phase import scale_phase_to_radians
 
-RNG = np.random.default_rng(0)
 
+def _true_phase(shape=(12, 14, 10), seed: int = 0) -> np.ndarray:
+    """Wrapped radians in [-pi, pi), covering the full cycle (a linear ramp plus noise).
 
-def _true_phase(shape=(12, 14, 10)) -> np.ndarray:
-    """Wrapped radians in [-pi, pi), covering the full cycle (a linear ramp plus noise)."""
+    A fresh generator per call: the data do not depend on which tests ran before.
+    """
+    rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    ph = 0.9 * x + 0.4 * y - 0.7 * z + RNG.normal(0, 0.3, shape)
+    ph = 0.9 * x + 0.4 * y - 0.7 * z + rng.normal(0, 0.3, shape)
     return (np.mod(ph + np.pi, 2 * np.pi) - np.pi).astype(np.float32)
 
 
@@ -75,7 +77,8 @@ def test_integer_encodings(levels, signed):
 def test_dcm2niix_siemens_description():
     truth = _true_phase()
     truth.flat[0], truth.flat[1] = -np.pi, np.pi * 4095 / 4096
-    k = np.clip(np.round(truth / np.pi * 4096), -4096, 4095)
+    # +pi is the same angle as -pi: level 4096 wraps to -4096, as in the scanner's encoding
+    k = (np.round(truth / np.pi * 4096) + 4096) % 8192 - 4096
     out, desc = scale_phase_to_radians(k.astype(np.int16))
     assert desc == "integer phase -4096..4095 (8192 levels) rescaled to radians: phase * pi / 4096"
     assert _circ_err(out, truth) <= np.pi / 8192 + 2e-6
