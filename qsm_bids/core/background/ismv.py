@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from qsm_bids.core import kernels
-from qsm_bids.core.background.resharp import _axpy, _crop_pad, _dot, _smv_and_erosion
+from qsm_bids.core.background._common import _axpy, _crop_pad, _dot, _smv_and_erosion
 
 __all__ = ["ismv"]
 

@@ -23,22 +23,11 @@ background removal method). The referencing step later fixes the susceptibility 
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg.blas
 
 from qsm_bids.core import kernels
+from qsm_bids.core.background._common import _axpy, _dot
 
 __all__ = ["pdf"]
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product of two float32 arrays (BLAS, returned as a Python float)."""
-    return float(np.dot(a.ravel(), b.ravel()))
-
-
-def _axpy(alpha: np.float32, x: np.ndarray, y: np.ndarray) -> None:
-    """In place ``y += alpha * x`` without a temporary array."""
-    blas_axpy = scipy.linalg.blas.get_blas_funcs("axpy", (x, y))
-    blas_axpy(x.ravel(), y.ravel(), a=float(alpha))
 
 
 def pdf(
