@@ -156,7 +156,7 @@ def tv_admm(
     chi = np.zeros(shape, np.float32)
     z = [np.zeros(shape, np.float32) for _ in range(3)]
     s = [np.zeros(shape, np.float32) for _ in range(3)]
-    v = f.copy()
+    v = np.where(w2 > 0, f, np.float32(0)).astype(np.float32)  # no start from unweighted data
     t = np.zeros(shape, np.float32)
     buf = np.empty(shape, np.float32)
     tmp = np.empty(shape, np.float32)
