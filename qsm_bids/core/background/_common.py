@@ -1,26 +1,14 @@
-"""Helpers shared by the background-removal methods: BLAS vector operations for the
-conjugate-gradient loops, cropping to the mask with padding, and the SMV kernel with the
-matching mask erosion."""
+"""Helpers shared by the background-removal methods: cropping to the mask with padding,
+the SMV kernel with the matching mask erosion, and the in-place vector operations of the
+conjugate-gradient loops (from :mod:`qsm_bids.core.linalg`)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import scipy.linalg
 
 from qsm_bids.core import kernels
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product of two float32 arrays (BLAS, returned as a Python float)."""
-    return float(np.dot(a.ravel(), b.ravel()))
-
-
-def _axpy(alpha: float | np.float32, x: np.ndarray, y: np.ndarray) -> None:
-    """In place ``y += alpha * x`` without a temporary array."""
-    blas_axpy = scipy.linalg.blas.get_blas_funcs("axpy", (x, y))
-    blas_axpy(x.ravel(), y.ravel(), a=float(alpha))
 
 
 def _crop_pad(

@@ -27,7 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 from qsm_bids.core import kernels
-from qsm_bids.core.background._common import _axpy, _crop_pad, _dot, _smv_and_erosion
+from qsm_bids.core.background._common import _crop_pad, _smv_and_erosion
+from qsm_bids.core.linalg import axpy as _axpy
+from qsm_bids.core.linalg import dot as _dot
 
 __all__ = ["ismv"]
 

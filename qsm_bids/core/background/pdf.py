@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from qsm_bids.core import kernels
-from qsm_bids.core.background._common import _axpy, _dot
+from qsm_bids.core.linalg import axpy as _axpy
+from qsm_bids.core.linalg import dot as _dot
 
 __all__ = ["pdf"]
 

@@ -30,6 +30,7 @@ import scipy.fft
 import scipy.ndimage
 
 from qsm_bids.core.kernels import fft_workers, laplacian_kernel
+from qsm_bids.core.linalg import axpy
 from qsm_bids.core.phase import wrap_to_pi
 
 TWO_PI = np.float32(2.0 * np.pi)
@@ -233,11 +234,12 @@ def laplacian_unwrap_3d(
         if dad <= 0.0:
             break
         alpha = np.float32(rz / dad)
-        x += alpha * d
-        r -= alpha * ad
+        axpy(alpha, d, x)  # x += alpha d, in place
+        axpy(-alpha, ad, r)  # r -= alpha A d
         z = precond(r)
         rz_new = float(np.vdot(r, z))
-        d = z + np.float32(rz_new / rz) * d
+        d *= np.float32(rz_new / rz)
+        d += z
         rz = rz_new
     est = _component_offsets(pb, x, mb)
     out[box] = np.where(mb, est, pb)
