@@ -71,6 +71,11 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
 
 _SIMPLE = (bool, int, float, str)
 
+#: Pipeline-level parameter of every algorithm that takes data ``weights``: whether the
+#: stage receives the inverse of the multi-echo fit's field SD as weights (see
+#: :func:`qsm_bids.core.quality.inverse_noise_weights`). Not passed to the function.
+DATA_WEIGHTS = "data_weights"
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -129,6 +134,8 @@ def parameters(stage: str, algorithm: str) -> dict[str, Parameter]:
             params[p.name] = Parameter(p.name, d, tuple)
         elif isinstance(d, _SIMPLE):
             params[p.name] = Parameter(p.name, d, type(d))
+    if "weights" in sig.parameters:
+        params[DATA_WEIGHTS] = Parameter(DATA_WEIGHTS, False, bool)
     return params
 
 

@@ -58,8 +58,9 @@ def test_noisy_field_with_offset(offset: str, bound_hz: float) -> None:
     err = f[mask] - field[mask]
     assert rms(err) < bound_hz  # reached: mcpc3ds 0.23 Hz, fit 0.49 Hz
     assert np.all(f[~mask] == 0) and np.all(res[~mask] == 0)
-    # median residual close to the phase noise level (sigma/m ~ 0.02-0.04 rad)
-    assert 0.005 < float(np.median(res[mask])) < 0.05
+    # the predicted field SD matches the actual error to within a factor of 2
+    ratio = float(np.median(res[mask])) / rms(err)
+    assert 0.5 < ratio < 2.0, ratio
 
 
 def test_none_offset_without_phase0_and_bias_with_it() -> None:
@@ -74,9 +75,8 @@ def test_none_offset_without_phase0_and_bias_with_it() -> None:
 
 def test_noise_free_near_exact() -> None:
     phase, mag, mask, field, _ = simulate(noise=0.0, p0_amp=2.0, p0_mean=2.5)
-    f, res = combine_weighted_fit(phase, mag, mask, TE, VOX, offset="fit")
+    f, _ = combine_weighted_fit(phase, mag, mask, TE, VOX, offset="fit")
     assert np.max(np.abs(f[mask] - field[mask])) < 1e-3  # exact model (float32 rounding)
-    assert float(res[mask].max()) < 1e-4
     f, _ = combine_weighted_fit(phase, mag, mask, TE, VOX, offset="mcpc3ds")
     err = f[mask] - field[mask]
     assert rms(err) < 0.15  # reached 0.06 Hz (smoothing of a smooth offset)
@@ -105,7 +105,7 @@ def test_magnitude_weighting_beats_equal_weights() -> None:
     assert rms(fw[mask] - field[mask]) < 0.95 * rms(fu[mask] - field[mask])
 
 
-def test_residual_flags_corrupted_voxels() -> None:
+def test_noise_map_flags_corrupted_voxels() -> None:
     phase, mag, mask, _, _ = simulate(noise=0.01, p0_amp=2.0)
     idx = np.argwhere(mask)[::97]
     bad = np.zeros(mask.shape, bool)
@@ -114,7 +114,7 @@ def test_residual_flags_corrupted_voxels() -> None:
     good = mask & ~bad
     for offset in ("mcpc3ds", "fit"):
         _, res = combine_weighted_fit(phase, mag, mask, TE, VOX, offset=offset)
-        # reached: median 0.76 rad (corrupted) vs 0.008-0.010 rad (others)
+        # a 2 rad error in one echo inflates the predicted field SD by two orders
         assert float(np.median(res[bad])) > 10 * float(np.median(res[good]))
         assert float(np.min(res[bad])) > float(np.percentile(res[good], 99))
 
@@ -123,7 +123,11 @@ def test_single_echo_falls_back_to_origin_fit() -> None:
     phase, mag, mask, field, _ = simulate(noise=0.0, p0_amp=0.0, te=(0.01,))
     f, res = combine_weighted_fit(phase, mag, mask, (0.01,), VOX, offset="none")
     assert np.max(np.abs(f[mask] - field[mask])) < 1e-3
-    assert np.all(res == 0)
+    # no residual with one echo: SD from the assumed SNR of 100, larger where m is smaller
+    assert np.all(res[~mask] == 0) and np.all(res[mask] > 0)
+    m1 = mag[..., 0]
+    lo, hi = mask & (m1 < np.percentile(m1[mask], 20)), mask & (m1 > np.percentile(m1[mask], 80))
+    assert float(np.median(res[lo])) > float(np.median(res[hi]))
     with pytest.warns(UserWarning, match="2 echoes"):
         f2, _ = combine_weighted_fit(phase, mag, mask, (0.01,), VOX, offset="mcpc3ds")
     np.testing.assert_array_equal(f, f2)
@@ -132,9 +136,8 @@ def test_single_echo_falls_back_to_origin_fit() -> None:
 def test_two_echoes() -> None:
     te = (0.005, 0.010)
     phase, mag, mask, field, _ = simulate(noise=0.0, p0_amp=2.0, te=te)
-    f, res = combine_weighted_fit(phase, mag, mask, te, VOX, offset="fit")
+    f, _ = combine_weighted_fit(phase, mag, mask, te, VOX, offset="fit")
     assert np.max(np.abs(f[mask] - field[mask])) < 2e-3
-    assert float(res.max()) < 1e-4
     f, _ = combine_weighted_fit(phase, mag, mask, te, VOX, offset="mcpc3ds")
     assert rms(f[mask] - field[mask]) < 0.3  # reached 0.08 Hz
 

@@ -67,3 +67,34 @@ def test_demo_command_reports_accuracy(tmp_path, capsys):
         assert region in out
     chimap = tmp_path / "demo" / "derivatives" / "qsm_bids" / ANAT / "sub-01_Chimap.nii.gz"
     assert chimap.is_file()
+
+
+def _negate_phase(bids: Path) -> None:
+    import nibabel as nb
+    import numpy as np
+
+    for path in (bids / ANAT).glob("*part-phase*.nii.gz"):
+        img = nb.load(path)
+        data = -np.asarray(img.dataobj, dtype=np.float32)
+        nb.Nifti1Image(data, img.affine, img.header).to_filename(path)
+
+
+def test_reversed_phase_sign_is_detected_and_corrected(tmp_path):
+    """A scanner with the opposite phase convention: 'auto' (the default) negates the
+    outputs and says so; '--phase-sign -1' reads the phase negated and finds it consistent."""
+    bids = simulate_dataset(tmp_path / "bids", resolution_mm=3.0, seed=4)
+    _negate_phase(bids)
+    out, ev = _run_and_evaluate(bids, tmp_path)
+    assert ev.nrmse_percent < 55.0  # a negated map would be about 200 %
+    check = json.loads((out / ANAT / "sub-01_Chimap.json").read_text())["PhaseSignCheck"]
+    assert check["Negated"] is True and check["Skewness"] < -0.3
+    fixed = tmp_path / "fixed"
+    code = main([str(bids), str(fixed), "participant", "-w", str(tmp_path / "w2"),
+                 "--phase-sign", "-1"])  # fmt: skip
+    assert code == 0
+    check = json.loads((fixed / ANAT / "sub-01_Chimap.json").read_text())["PhaseSignCheck"]
+    assert check["Negated"] is False and check["Skewness"] > 0.3
+    ev2 = evaluate_against_truth(
+        fixed / ANAT / "sub-01_Chimap.nii.gz", bids / "derivatives" / "qsm_bids-truth", "01"
+    )
+    assert ev2.nrmse_percent < 60.0

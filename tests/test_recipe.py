@@ -31,6 +31,18 @@ def test_builtin_recipes_load(name):
     assert prov["inversion"]["Algorithm"] == recipe["inversion"].algorithm
 
 
+@pytest.mark.parametrize("name", ["default", "fast"])
+def test_builtin_recipes_list_every_parameter(name):
+    """So that a user who copies one sees every knob (scripts/update_recipes.py)."""
+    import tomllib
+
+    data = tomllib.loads((Path(__file__).parents[1] / "workflows" / f"{name}.toml").read_text())
+    for stage in registry.STAGES:
+        listed = set(data[stage]) - {"algorithm"}
+        known = set(registry.parameters(stage, data[stage]["algorithm"]))
+        assert listed == known, f"{name}.toml [{stage}]: missing {known - listed}"
+
+
 def test_default_pipeline_uses_an_iterative_inversion():
     assert load_recipe("default")["inversion"].algorithm == "tv_admm"
 

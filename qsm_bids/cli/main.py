@@ -77,6 +77,7 @@ def cmd_participant(ns) -> int:
         mask_file=ns.mask_file,
         derivatives=ns.derivatives,
         reference_mask=ns.reference_mask,
+        phase_sign=ns.phase_sign,
         verbose_nipype=ns.verbose > 1,
     )
     for run in result.succeeded:

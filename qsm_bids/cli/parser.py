@@ -97,6 +97,17 @@ def build_participant_parser() -> argparse.ArgumentParser:
         help="reference region (NIfTI mask on the data grid) for the recipe's "
         "[reference] algorithm = 'mask'",
     )
+    alg.add_argument(
+        "--phase-sign",
+        choices=("auto", "1", "-1"),
+        default="auto",
+        type=lambda v: "1" if v == "+1" else v,
+        help="phase convention: '1' phase = +2 pi f TE (the default of most scanners), "
+        "'-1' the opposite (the phase is negated on reading); 'auto' checks the finished "
+        "map (veins and iron-rich nuclei must come out paramagnetic) and negates the "
+        "outputs if they do not. The check is reported in every sidecar. "
+        "Default: %(default)s",
+    )
     res = p.add_argument_group("resources")
     res.add_argument(
         "-w",

@@ -125,6 +125,7 @@ def run_participant_level(
     mask_file: Path | None = None,
     derivatives: Path | None = None,
     reference_mask: Path | None = None,
+    phase_sign: str = "auto",
     verbose_nipype: bool = False,
 ) -> ParticipantResult:
     """Process every selected run; inputs are validated before anything heavy starts.
@@ -187,6 +188,7 @@ def run_participant_level(
         work_dir=work_dir,
         mask_files=masks,
         reference_mask=str(reference_mask.resolve()) if reference_mask else None,
+        phase_sign=phase_sign,
         n_procs=cores,
     )
     quiet_nipype(verbose=verbose_nipype)

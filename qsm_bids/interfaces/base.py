@@ -8,6 +8,7 @@ between nodes as a small JSON file.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -79,4 +80,19 @@ class StageInterface(SimpleInterface):
         os.environ["QSM_BIDS_NUM_THREADS"] = str(max(1, self.inputs.num_threads))
         func = registry.get_function(self.stage, self.inputs.algorithm)
         params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
+        params.pop(registry.DATA_WEIGHTS, None)
         return func(*args, **kwargs, **params)
+
+    def accepted(self, **optional: Any) -> dict[str, Any]:
+        """The items of ``optional`` (not None) that the chosen algorithm takes as keywords.
+
+        Extra inputs such as data weights or a magnitude image are offered to every
+        algorithm of a stage; only those whose signature names them receive them, and
+        ``weights`` only when the recipe sets ``data_weights = true``.
+        """
+        func = registry.get_function(self.stage, self.inputs.algorithm)
+        names = set(inspect.signature(func).parameters)
+        params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
+        if not params.get(registry.DATA_WEIGHTS, False):
+            names.discard("weights")
+        return {k: v for k, v in optional.items() if k in names and v is not None}

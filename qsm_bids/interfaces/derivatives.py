@@ -39,6 +39,10 @@ OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
 }
 
 
+#: outputs that change sign with the phase convention
+SIGNED = ("chi", "total_field", "local_field")
+
+
 class _WriteInputSpec(BaseInterfaceInputSpec):
     run_json = traits.Str(mandatory=True, desc="the run (run_to_json)")
     output_dir = traits.Str(mandatory=True, desc="derivatives root")
@@ -52,6 +56,8 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     local_field = File(exists=True, mandatory=True)
     r2star = File(exists=True)
     t2star = File(exists=True)
+    sign = traits.Int(1, usedefault=True, desc="-1: negate the field maps and chi")
+    sign_check = traits.Str(desc="phase-sign check report (JSON)")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -78,12 +84,17 @@ class WriteDerivatives(SimpleInterface):
         }
         if meta["notes"]:
             common["ProcessingNotes"] = meta["notes"]
+        if isdefined(self.inputs.sign_check) and self.inputs.sign_check:
+            common["PhaseSignCheck"] = json.loads(self.inputs.sign_check)
+        negate = self.inputs.sign < 0
         written = []
         for key, (suffix, desc, units, is_mask, stages) in OUTPUTS.items():
             value = getattr(self.inputs, key)
             if not isdefined(value):
                 continue
             data = np.asarray(nb.load(value).dataobj)
+            if negate and key in SIGNED:
+                data = -data
             path = derivative_path(Path(self.inputs.output_dir), run, suffix, desc=desc)
             provenance = dict(common)
             provenance["Stages"] = {s: recipe[s] for s in stages}

@@ -20,6 +20,7 @@ from nipype.interfaces.base import (
 
 from qsm_bids.bids.layout import Run
 from qsm_bids.bids.load import load_run
+from qsm_bids.core.phase import wrap_to_pi
 
 
 def run_to_json(run: Run) -> str:
@@ -46,6 +47,7 @@ class _LoadRunInputSpec(BaseInterfaceInputSpec):
         File(exists=True),
         desc="the run's echo files; listed so that a changed input invalidates the cache",
     )
+    phase_sign = traits.Enum(1, -1, usedefault=True, desc="-1: negate the phase on reading")
 
 
 class _LoadRunOutputSpec(TraitedSpec):
@@ -74,7 +76,12 @@ class LoadRun(SimpleInterface):
             img.to_filename(str(path))
             return str(path)
 
-        self._results["phase"] = save(data.phase, "phase")
+        notes = list(data.notes)
+        phase = data.phase
+        if self.inputs.phase_sign == -1:
+            phase = wrap_to_pi(-phase)
+            notes.append("phase negated on reading (--phase-sign -1)")
+        self._results["phase"] = save(phase, "phase")
         if data.magnitude is not None:
             self._results["magnitude"] = save(data.magnitude, "magnitude")
         meta = {
@@ -83,7 +90,7 @@ class LoadRun(SimpleInterface):
             "voxel_size": [float(v) for v in data.voxel_size],
             "b0_dir": [float(v) for v in data.b0_dir],
             "shape": list(data.phase.shape),
-            "notes": list(data.notes),
+            "notes": notes,
             "has_magnitude": data.magnitude is not None,
         }
         path = cwd / "meta.json"

@@ -10,6 +10,7 @@ import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined
 
 from qsm_bids.core.physics import hz_to_ppm
+from qsm_bids.core.quality import inverse_noise_weights
 from qsm_bids.core.relaxometry import t2star_from_r2star
 from qsm_bids.interfaces.base import (
     StageInputSpec,
@@ -23,6 +24,24 @@ from qsm_bids.interfaces.base import (
 
 def _optional(path) -> np.ndarray | None:
     return read_volume(path) if isdefined(path) and path else None
+
+
+def _weights(noise_path, mask: np.ndarray, accepted) -> np.ndarray | None:
+    """Data weights from the field-noise map, read only if the algorithm takes weights."""
+    if not accepted(weights=True):
+        return None
+    noise = _optional(noise_path)
+    return None if noise is None else inverse_noise_weights(noise, mask)
+
+
+def _combined_magnitude(path, accepted) -> np.ndarray | None:
+    """Root-mean-square magnitude over echoes, read only if the algorithm takes one."""
+    if not accepted(magnitude=True):
+        return None
+    mag = _optional(path)
+    if mag is None:
+        return None
+    return np.sqrt(np.mean(np.square(mag), axis=-1)) if mag.ndim == 4 else mag
 
 
 # ---------------------------------------------------------------------------------- mask
@@ -109,7 +128,7 @@ class _CombineInputSpec(StageInputSpec):
 
 class _CombineOutputSpec(TraitedSpec):
     field = File(exists=True, desc="total field map (Hz)")
-    residual = File(exists=True, desc="echo-fit residual quality map (rad)")
+    noise = File(exists=True, desc="standard deviation of the total field (Hz)")
 
 
 class CombineEchoes(StageInterface):
@@ -122,7 +141,7 @@ class CombineEchoes(StageInterface):
     def _run_interface(self, runtime):
         meta = read_meta(self.inputs.meta)
         mask = read_mask(self.inputs.mask)
-        field, residual = self.call(
+        field, noise = self.call(
             read_volume(self.inputs.unwrapped),
             _optional(self.inputs.magnitude),
             mask,
@@ -133,8 +152,8 @@ class CombineEchoes(StageInterface):
         self._results["field"] = write_like(
             np.where(mask, field, 0).astype(np.float32), ref, "field_hz", runtime.cwd
         )
-        self._results["residual"] = write_like(
-            residual.astype(np.float32), ref, "fit_residual", runtime.cwd
+        self._results["noise"] = write_like(
+            np.where(mask, noise, 0).astype(np.float32), ref, "field_noise_hz", runtime.cwd
         )
         return runtime
 
@@ -143,6 +162,7 @@ class CombineEchoes(StageInterface):
 class _BackgroundInputSpec(StageInputSpec):
     field = File(exists=True, mandatory=True, desc="total field (Hz)")
     mask = File(exists=True, mandatory=True, desc="brain mask")
+    noise = File(exists=True, desc="SD of the total field (Hz), for weighted methods")
 
 
 class _BackgroundOutputSpec(TraitedSpec):
@@ -159,11 +179,14 @@ class BackgroundRemoval(StageInterface):
 
     def _run_interface(self, runtime):
         meta = read_meta(self.inputs.meta)
+        mask = read_mask(self.inputs.mask)
+        extra = self.accepted(weights=_weights(self.inputs.noise, mask, self.accepted))
         local, local_mask = self.call(
             read_volume(self.inputs.field),
-            read_mask(self.inputs.mask),
+            mask,
             tuple(meta["voxel_size"]),
             tuple(meta["b0_dir"]),
+            **extra,
         )
         ref = self.inputs.mask
         self._results["local_field"] = write_like(
@@ -179,6 +202,8 @@ class BackgroundRemoval(StageInterface):
 class _InversionInputSpec(StageInputSpec):
     local_field = File(exists=True, mandatory=True, desc="local field (Hz)")
     mask = File(exists=True, mandatory=True, desc="mask of the local field")
+    noise = File(exists=True, desc="SD of the total field (Hz), for weighted methods")
+    magnitude = File(exists=True, desc="4D magnitude, for methods with magnitude priors")
 
 
 class _InversionOutputSpec(TraitedSpec):
@@ -195,11 +220,17 @@ class DipoleInversion(StageInterface):
     def _run_interface(self, runtime):
         meta = read_meta(self.inputs.meta)
         local_ppm = hz_to_ppm(read_volume(self.inputs.local_field), meta["field_strength"])
+        mask = read_mask(self.inputs.mask)
+        extra = self.accepted(
+            weights=_weights(self.inputs.noise, mask, self.accepted),
+            magnitude=_combined_magnitude(self.inputs.magnitude, self.accepted),
+        )
         chi = self.call(
             local_ppm.astype(np.float32),
-            read_mask(self.inputs.mask),
+            mask,
             tuple(meta["voxel_size"]),
             tuple(meta["b0_dir"]),
+            **extra,
         )
         self._results["chi"] = write_like(
             chi.astype(np.float32), self.inputs.mask, "chi_raw", runtime.cwd

@@ -20,6 +20,7 @@ from nipype.pipeline import engine as pe
 from qsm_bids.bids.layout import Run
 from qsm_bids.interfaces.derivatives import WriteDerivatives
 from qsm_bids.interfaces.load import LoadRun, run_to_json
+from qsm_bids.interfaces.sign import CheckPhaseSign
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
@@ -60,6 +61,7 @@ def init_qsm_wf(
     bids_dir: Path,
     mask_file: str | None = None,
     reference_mask: str | None = None,
+    phase_sign: str = "auto",
     n_procs: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -75,6 +77,11 @@ def init_qsm_wf(
         Derivatives root and raw dataset root.
     mask_file, reference_mask : str, optional
         A user brain mask replacing the mask stage; a reference region for referencing.
+    phase_sign : {"auto", "1", "-1"}, default "auto"
+        "-1" negates the phase on reading (scanners with the opposite convention);
+        "auto" keeps it and negates the outputs if the map's paramagnetic tail is negative
+        (:func:`qsm_bids.core.sign.check_phase_sign`). The check is reported in the
+        sidecars in every mode.
     n_procs : int, default 1
         Threads given to each FFT-heavy node.
     """
@@ -89,6 +96,7 @@ def init_qsm_wf(
         LoadRun(
             run_json=run_to_json(run),
             in_files=[str(p) for p in (*run.phase_files, *run.magnitude_files)],
+            phase_sign=-1 if phase_sign == "-1" else 1,
         ),
         name="load",
         mem_gb=3 * vol4 + 0.2,
@@ -104,6 +112,7 @@ def init_qsm_wf(
         mem_gb=30 * vol + 0.3,
         n_procs=n_procs,
     )
+    sign = pe.Node(CheckPhaseSign(mode=phase_sign), name="phase_sign", mem_gb=2 * vol + 0.1)
     write = pe.Node(
         WriteDerivatives(
             run_json=run_to_json(run),
@@ -127,8 +136,11 @@ def init_qsm_wf(
         (unwrap_wf, combine_wf, [("outputnode.unwrapped", "inputnode.unwrapped")]),
         (load, background_wf, [("meta", "inputnode.meta")]),
         (mask_wf, background_wf, [("outputnode.mask", "inputnode.mask")]),
-        (combine_wf, background_wf, [("outputnode.field", "inputnode.field")]),
-        (load, inversion_wf, [("meta", "inputnode.meta")]),
+        (combine_wf, background_wf, [("outputnode.field", "inputnode.field"),
+                                     ("outputnode.noise", "inputnode.noise")]),
+        (load, inversion_wf, [("meta", "inputnode.meta"),
+                              ("magnitude", "inputnode.magnitude")]),
+        (combine_wf, inversion_wf, [("outputnode.noise", "inputnode.noise")]),
         (background_wf, inversion_wf, [("outputnode.local_field", "inputnode.local_field"),
                                        ("outputnode.local_mask", "inputnode.local_mask")]),
         (load, write, [("meta", "meta")]),
@@ -137,6 +149,9 @@ def init_qsm_wf(
         (background_wf, write, [("outputnode.local_field", "local_field"),
                                 ("outputnode.local_mask", "local_mask")]),
         (inversion_wf, write, [("outputnode.chi", "chi")]),
+        (inversion_wf, sign, [("outputnode.chi", "chi")]),
+        (background_wf, sign, [("outputnode.local_mask", "mask")]),
+        (sign, write, [("sign", "sign"), ("report", "sign_check")]),
     ])  # fmt: skip
     if run.magnitude_files:
         r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
@@ -157,6 +172,7 @@ def init_participant_wf(
     work_dir: Path,
     mask_files: dict[str, str] | None = None,
     reference_mask: str | None = None,
+    phase_sign: str = "auto",
     n_procs: int = 1,
 ) -> pe.Workflow:
     """All runs' QSM workflows side by side in one workflow, for one nipype execution.
@@ -179,6 +195,7 @@ def init_participant_wf(
                     bids_dir=bids_dir,
                     mask_file=(mask_files or {}).get(run.name),
                     reference_mask=reference_mask,
+                    phase_sign=phase_sign,
                     n_procs=threads,
                 )
             ]

@@ -72,17 +72,17 @@ def init_echo_combination_wf(
     """Multi-echo combination into the total field map.
 
     Inputs: ``unwrapped`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
-    Outputs: ``field`` (Hz), ``residual`` (fit residual quality map).
+    Outputs: ``field`` (Hz), ``noise`` (SD of the field, Hz).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         IdentityInterface(["unwrapped", "magnitude", "mask", "meta"]), name="inputnode"
     )
-    outputnode = pe.Node(IdentityInterface(["field", "residual"]), name="outputnode")
+    outputnode = pe.Node(IdentityInterface(["field", "noise"]), name="outputnode")
     node = stage_node(CombineEchoes, choice, name="combine", mem_gb=mem_gb, n_procs=n_procs)
     wf.connect([
         (inputnode, node, [("unwrapped", "unwrapped"), ("magnitude", "magnitude"),
                            ("mask", "mask"), ("meta", "meta")]),
-        (node, outputnode, [("field", "field"), ("residual", "residual")]),
+        (node, outputnode, [("field", "field"), ("noise", "noise")]),
     ])  # fmt: skip
     return wf

@@ -16,15 +16,16 @@ def init_background_wf(
 ) -> pe.Workflow:
     """Background field removal.
 
-    Inputs: ``field`` (total, Hz), ``mask``, ``meta``.
+    Inputs: ``field`` (total, Hz), ``noise`` (its SD, Hz; optional), ``mask``, ``meta``.
     Outputs: ``local_field`` (Hz), ``local_mask``.
     """
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(IdentityInterface(["field", "mask", "meta"]), name="inputnode")
+    inputnode = pe.Node(IdentityInterface(["field", "noise", "mask", "meta"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(["local_field", "local_mask"]), name="outputnode")
     node = stage_node(BackgroundRemoval, choice, name="background", mem_gb=mem_gb, n_procs=n_procs)
     wf.connect([
-        (inputnode, node, [("field", "field"), ("mask", "mask"), ("meta", "meta")]),
+        (inputnode, node, [("field", "field"), ("noise", "noise"), ("mask", "mask"),
+                           ("meta", "meta")]),
         (node, outputnode, [("local_field", "local_field"), ("local_mask", "local_mask")]),
     ])  # fmt: skip
     return wf
@@ -41,11 +42,15 @@ def init_inversion_wf(
 ) -> pe.Workflow:
     """Dipole inversion followed by referencing.
 
-    Inputs: ``local_field`` (Hz), ``local_mask``, ``meta``.
+    Inputs: ``local_field`` (Hz), ``local_mask``, ``meta``; optional ``noise`` (SD of the
+    field, Hz) and ``magnitude`` (4D), given to the algorithms that use them.
     Outputs: ``chi`` (ppm, referenced).
     """
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(IdentityInterface(["local_field", "local_mask", "meta"]), name="inputnode")
+    inputnode = pe.Node(
+        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude"]),
+        name="inputnode",
+    )
     outputnode = pe.Node(IdentityInterface(["chi"]), name="outputnode")
     invert = stage_node(DipoleInversion, inversion, name="invert", mem_gb=mem_gb, n_procs=n_procs)
     ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb / 4, n_procs=1)
@@ -53,7 +58,7 @@ def init_inversion_wf(
         ref.inputs.reference_mask = reference_mask
     wf.connect([
         (inputnode, invert, [("local_field", "local_field"), ("local_mask", "mask"),
-                             ("meta", "meta")]),
+                             ("meta", "meta"), ("noise", "noise"), ("magnitude", "magnitude")]),
         (inputnode, ref, [("local_mask", "mask"), ("meta", "meta")]),
         (invert, ref, [("chi", "chi")]),
         (ref, outputnode, [("chi", "chi")]),

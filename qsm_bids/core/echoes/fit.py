@@ -24,7 +24,7 @@ import numpy as np
 
 from qsm_bids.core.echoes.offset import mcpc3ds_offset
 
-__all__ = ["combine_weighted_fit", "weighted_phase_fit"]
+__all__ = ["combine_weighted_fit", "field_noise_sd", "weighted_phase_fit"]
 
 _OFFSETS = ("mcpc3ds", "fit", "none")
 
@@ -192,10 +192,11 @@ def combine_weighted_fit(
     -------
     field_hz : (X, Y, Z) float32 array
         Total field in Hz (0 outside the mask).
-    residual : (X, Y, Z) float32 array
-        Fit quality: weighted RMS phase residual ``sqrt(sum_n w_n r_n^2 / sum_n w_n)`` in
-        rad (0 outside the mask; identically 0 for 1 echo, or 2 echoes with ``"fit"``).
-        Large values flag unwrapping errors, noise or non-linear phase evolution.
+    noise_hz : (X, Y, Z) float32 array
+        Standard deviation of the field estimate in Hz (:func:`field_noise_sd`; 0 outside
+        the mask): large where the phase does not follow the linear model (unwrapping
+        errors, noise, non-linear phase evolution). Its inverse weights the data term of
+        the weighted background removal and dipole inversion methods.
     """
     ph = np.asarray(phase, dtype=np.float32)
     if ph.ndim == 3:
@@ -240,7 +241,12 @@ def combine_weighted_fit(
             )
         field = ph[..., 0] / np.float32(2.0 * np.pi * te[0])
         field = np.where(m, field, np.float32(0.0)).astype(np.float32)
-        return field, np.zeros(m.shape, np.float32)
+        w1 = _echo_weights(mag if magnitude_weighting else None, 1)
+        s = (np.float32(1.0) if w1 is None else w1[0]) * np.float32(te[0] ** 2)
+        noise = field_noise_sd(
+            np.zeros(m.shape, np.float32), s + np.zeros(m.shape, np.float32), m, dof=0
+        )
+        return field, noise
 
     weights = _echo_weights(mag if magnitude_weighting else None, n_e)
     w = None if weights is None else np.stack(weights, axis=-1)
@@ -258,11 +264,79 @@ def combine_weighted_fit(
             sigma_mm=offset_sigma_mm,
             detrend_order=offset_detrend_order,
         )
-    field, _, residual = weighted_phase_fit(
-        ph, te, w, intercept=(offset == "fit"), phase_offset=phase0
-    )
+    intercept = offset == "fit"
+    field, _, residual = weighted_phase_fit(ph, te, w, intercept=intercept, phase_offset=phase0)
+    # information of the slope per voxel: sum_n w_n (TE_n - TEbar_w)^2 (or sum w TE^2)
+    wsum = np.zeros(m.shape, np.float32)
+    wt = np.zeros(m.shape, np.float32)
+    wtt = np.zeros(m.shape, np.float32)
+    for n in range(n_e):
+        wn = np.float32(1.0) if w is None else w[..., n]
+        wsum += wn
+        wt += wn * np.float32(te[n])
+        wtt += wn * np.float32(te[n] ** 2)
+    if intercept:
+        info = wtt - wt * wt / np.where(wsum > 0, wsum, np.float32(1.0))
+    else:
+        info = wtt
+    rss = residual * residual * wsum  # sum_n w_n r_n^2 (rad^2, weight units)
+    noise = field_noise_sd(rss, info, m, dof=n_e - (2 if intercept else 1))
     zero = np.float32(0.0)
     return (
         np.where(m, field, zero).astype(np.float32),
-        np.where(m, residual, zero).astype(np.float32),
+        noise,
     )
+
+
+def field_noise_sd(
+    weighted_rss: np.ndarray,
+    information: np.ndarray,
+    mask: np.ndarray,
+    *,
+    dof: int,
+    default_sigma_rad: float = 0.01,
+) -> np.ndarray:
+    """Standard deviation (Hz) of a weighted linear fit's field estimate, per voxel.
+
+    For ``phase_n = phase0 + 2 pi f TE_n`` with noise variance ``sigma^2 / w_n``, the slope
+    has variance ``sigma^2 / I`` with ``I = sum_n w_n (TE_n - TEbar)^2`` (or ``sum_n w_n
+    TE_n^2`` through the origin). ``sigma^2`` is estimated per voxel from the residual,
+    ``sum_n w_n r_n^2 / dof``, and over the mask as the median of those; each voxel uses
+    the larger of the two, so voxels whose phase does not follow the linear model
+    (unwrapping errors, flow, noise-only background) get a large SD and a small weight in
+    the weighted inversions.
+
+    Parameters
+    ----------
+    weighted_rss : (X, Y, Z) array
+        ``sum_n w_n r_n^2`` in rad^2 (weight units).
+    information : (X, Y, Z) array
+        ``I`` above, in weight units x s^2.
+    mask : (X, Y, Z) bool array
+        Voxels fitted; the SD is 0 outside.
+    dof : int
+        Degrees of freedom of the residual (echoes minus fitted parameters). With 0 (one
+        echo, or two echoes with a fitted offset) the residual says nothing and
+        ``default_sigma_rad`` is used.
+    default_sigma_rad : float, default 0.01
+        Phase noise SD at weight 1 (the brightest voxel) assumed when ``dof`` is 0 (rad):
+        an SNR of 100.
+
+    Returns
+    -------
+    (X, Y, Z) float32 array
+        Field SD in Hz (0 outside ``mask``; ``inf`` where ``I`` is 0 inside it).
+    """
+    m = np.asarray(mask, dtype=bool)
+    if dof > 0 and np.any(m):
+        var_vox = np.asarray(weighted_rss, np.float32) / np.float32(dof)
+        var_global = np.float32(np.median(var_vox[m]))
+        if not var_global > 0:
+            var_global = np.float32(default_sigma_rad**2)
+        var = np.maximum(var_vox, var_global)
+    else:
+        var = np.full(m.shape, np.float32(default_sigma_rad**2))
+    info = np.asarray(information, np.float32)
+    with np.errstate(divide="ignore"):
+        sd = np.sqrt(var / info) / np.float32(2.0 * np.pi)
+    return np.where(m, sd, np.float32(0.0)).astype(np.float32)
