@@ -23,6 +23,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
         {
             "magnitude": "qsm_bids.core.mask:mask_from_magnitude",
             "phase_quality": "qsm_bids.core.mask:mask_from_phase",
+            "magnitude_and_quality": "qsm_bids.core.mask:mask_from_magnitude_and_quality",
         },
     ),
     "unwrap": (
@@ -34,7 +35,10 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "combine": (
         "multi-echo combination into a total field map (Hz)",
-        {"weighted_fit": "qsm_bids.core.echoes:combine_weighted_fit"},
+        {
+            "weighted_fit": "qsm_bids.core.echoes:combine_weighted_fit",
+            "nonlinear_fit": "qsm_bids.core.echoes:combine_nonlinear_fit",
+        },
     ),
     "background": (
         "background field removal: total field -> local field (Hz)",
@@ -58,6 +62,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
         {
             "mean": "qsm_bids.core.reference:reference_mean",
             "mask": "qsm_bids.core.reference:reference_mask",
+            "csf": "qsm_bids.core.reference_csf:reference_csf",
         },
     ),
     "r2star": (

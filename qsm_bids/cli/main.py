@@ -15,6 +15,7 @@ from pathlib import Path
 from qsm_bids.cli.parser import (
     SUBCOMMANDS,
     build_demo_parser,
+    build_evaluate_parser,
     build_participant_parser,
     build_simulate_parser,
 )
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 if command == "simulate":
                     return cmd_simulate(build_simulate_parser().parse_args(rest))
+                if command == "evaluate":
+                    from qsm_bids.cli.evaluate import run_evaluate
+
+                    return run_evaluate(build_evaluate_parser().parse_args(rest))
                 return cmd_demo(build_demo_parser().parse_args(rest))
             except (ValueError, OSError) as exc:  # bad options for the simulator, disk full
                 print(f"qsm-bids {command}: error: {exc}", file=sys.stderr)
@@ -61,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_participant(ns) -> int:
     """``qsm-bids BIDS_DIR OUTPUT_DIR participant ...``"""
     from qsm_bids.cli.participant import run_participant_level
+    from qsm_bids.cli.plugins import load_plugin_args
     from qsm_bids.recipe import load_recipe
 
     setup_logging(ns.verbose)
@@ -78,6 +84,8 @@ def cmd_participant(ns) -> int:
         derivatives=ns.derivatives,
         reference_mask=ns.reference_mask,
         phase_sign=ns.phase_sign,
+        plugin=ns.plugin,
+        plugin_args=load_plugin_args(ns.plugin_args),
         verbose_nipype=ns.verbose > 1,
     )
     for run in result.succeeded:

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from qsm_bids import __version__
+from qsm_bids.cli.plugins import PLUGINS
 from qsm_bids.recipe import builtin_recipes
 
-SUBCOMMANDS = ("simulate", "demo")
+SUBCOMMANDS = ("simulate", "demo", "evaluate")
 
 DESCRIPTION = """\
 qsm_bids: Quantitative Susceptibility Mapping (QSM) from multi-echo gradient-echo MRI in a
@@ -20,7 +21,8 @@ it, and maps R2*/T2*; the results are written as BIDS derivatives into OUTPUT_DI
 Other commands:
   qsm-bids simulate OUT_DIR [...]   write a simulated BIDS dataset from the built-in head phantom
   qsm-bids demo [OUT_DIR]           simulate, run the pipeline and report accuracy vs. the truth
-Run 'qsm-bids simulate --help' or 'qsm-bids demo --help' for their options.
+  qsm-bids evaluate CHIMAP TRUTH    score a map against a known truth (QSM challenge metrics)
+Run 'qsm-bids <command> --help' for their options.
 """
 
 
@@ -116,6 +118,21 @@ def build_participant_parser() -> argparse.ArgumentParser:
         default=Path("work"),
         help="nipype working directory; rerunning with the same one reuses finished "
         "stages (default: ./work)",
+    )
+    res.add_argument(
+        "--plugin",
+        choices=PLUGINS,
+        default="MultiProc",
+        help="nipype execution plugin: MultiProc (all cores of this machine), Linear (one "
+        "node at a time), or a batch system (SLURM, SGE, PBS; the *Graph variants submit "
+        "all jobs at once with dependencies). Each batch job requests the memory and cores "
+        "of its node (derived from the data size). Default: %(default)s",
+    )
+    res.add_argument(
+        "--plugin-args",
+        metavar="JSON|FILE",
+        help="extra plugin arguments as a JSON object or a .json/.yaml file, e.g. "
+        """'{"sbatch_args": "--partition=short --time=02:00:00"}' (see docs/hpc.md)""",
     )
     res.add_argument(
         "--nprocs",
@@ -214,4 +231,14 @@ def build_demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nprocs", type=int, default=0, metavar="N", help="CPU cores (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantom (default: 0)")
+    return p
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    """Parser of ``qsm-bids evaluate``."""
+    from qsm_bids.cli.evaluate import DESCRIPTION as EVAL_DESCRIPTION
+    from qsm_bids.cli.evaluate import add_evaluate_arguments
+
+    p = argparse.ArgumentParser(prog="qsm-bids evaluate", description=EVAL_DESCRIPTION)
+    add_evaluate_arguments(p)
     return p

@@ -14,6 +14,12 @@ import numpy as np
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import derivative_path, write_dataset_description
 from qsm_bids.bids.layout import Run, find_runs, validate_output_dir
+from qsm_bids.cli.plugins import (
+    check_plugin,
+    plugin_settings,
+    set_node_requests,
+    wait_for_slurm_jobs,
+)
 from qsm_bids.cli.progress import Progress
 from qsm_bids.errors import QSMInputError
 from qsm_bids.recipe import Recipe
@@ -126,6 +132,8 @@ def run_participant_level(
     derivatives: Path | None = None,
     reference_mask: Path | None = None,
     phase_sign: str = "auto",
+    plugin: str = "MultiProc",
+    plugin_args: dict | None = None,
     verbose_nipype: bool = False,
 ) -> ParticipantResult:
     """Process every selected run; inputs are validated before anything heavy starts.
@@ -144,6 +152,7 @@ def run_participant_level(
     bids_dir = bids_dir.resolve()
     output_dir = output_dir.resolve()
     validate_output_dir(bids_dir, output_dir)
+    check_plugin(plugin)
     runs = find_runs(bids_dir, participant_labels, session_labels)
     invalid: dict[str, str] = {}
     for run in runs:
@@ -215,15 +224,21 @@ def run_participant_level(
         for run in runs
     }
     labels = {workflow_name(run): run.name for run in runs}
-    plugin_args = {
-        "n_procs": cores,
-        "memory_gb": mem,
-        "status_callback": Progress(steps, labels),
-    }
+    settings, tag = plugin_settings(
+        plugin,
+        plugin_args or {},
+        cores=cores,
+        mem_gb=mem,
+        status_callback=Progress(steps, labels),
+    )
+    set_node_requests(wf, plugin)
     try:
-        wf.run(plugin="MultiProc", plugin_args=plugin_args)
+        wf.run(plugin=plugin, plugin_args=settings)
     except RuntimeError as exc:
         log.debug("nipype reported: %s", exc)
+    if tag is not None:
+        log.info("waiting for the SLURM jobs of this run (comment %s)", tag)
+        wait_for_slurm_jobs(tag)
 
     result = ParticipantResult(seconds=time.monotonic() - start, invalid=invalid)
     for run in runs:

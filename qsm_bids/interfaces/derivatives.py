@@ -58,6 +58,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     t2star = File(exists=True)
     sign = traits.Int(1, usedefault=True, desc="-1: negate the field maps and chi")
     sign_check = traits.Str(desc="phase-sign check report (JSON)")
+    reference_note = traits.Str(desc="a note from the referencing stage")
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -82,8 +83,11 @@ class WriteDerivatives(SimpleInterface):
             "Pipeline": recipe["Pipeline"],
             "SoftwareVersion": f"qsm_bids {__version__}",
         }
-        if meta["notes"]:
-            common["ProcessingNotes"] = meta["notes"]
+        notes = list(meta["notes"])
+        if isdefined(self.inputs.reference_note) and self.inputs.reference_note:
+            notes.append(self.inputs.reference_note)
+        if notes:
+            common["ProcessingNotes"] = notes
         if isdefined(self.inputs.sign_check) and self.inputs.sign_check:
             common["PhaseSignCheck"] = json.loads(self.inputs.sign_check)
         negate = self.inputs.sign < 0

@@ -7,10 +7,11 @@ The numerics live in :mod:`qsm_bids.core`; these classes only read volumes, call
 from __future__ import annotations
 
 import numpy as np
-from nipype.interfaces.base import File, TraitedSpec, isdefined
+from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
 from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.core.quality import inverse_noise_weights
+from qsm_bids.core.reference import reference_mean
 from qsm_bids.core.relaxometry import t2star_from_r2star
 from qsm_bids.interfaces.base import (
     StageInputSpec,
@@ -75,13 +76,21 @@ class BrainMask(StageInterface):
                 )
             mask = mask.reshape(shape)
         else:
+            vox = tuple(meta["voxel_size"])
             if self.inputs.algorithm == "magnitude":
                 image = _optional(self.inputs.magnitude)
                 if image is None:
                     raise ValueError("mask algorithm 'magnitude' needs magnitude images")
+                mask = self.call(image, vox)
+            elif self.inputs.algorithm == "magnitude_and_quality":
+                mask = self.call(
+                    _optional(self.inputs.magnitude),
+                    read_volume(self.inputs.phase),
+                    vox,
+                    tuple(meta["echo_times"]),
+                )
             else:
-                image = read_volume(self.inputs.phase)
-            mask = self.call(image, tuple(meta["voxel_size"]))
+                mask = self.call(read_volume(self.inputs.phase), vox)
         self._results["mask"] = write_like(mask, self.inputs.phase, "mask", runtime.cwd)
         return runtime
 
@@ -243,10 +252,18 @@ class _ReferenceInputSpec(StageInputSpec):
     chi = File(exists=True, mandatory=True, desc="susceptibility (ppm)")
     mask = File(exists=True, mandatory=True, desc="mask of the susceptibility map")
     reference_mask = File(exists=True, desc="reference region for algorithm 'mask'")
+    r2star = File(exists=True, desc="R2* map (1/s), for algorithm 'csf'")
+    magnitude = File(exists=True, desc="4D magnitude, for algorithm 'csf'")
 
 
 class _ReferenceOutputSpec(TraitedSpec):
     chi = File(exists=True, desc="referenced susceptibility (ppm)")
+    note = traits.Str(desc="what was done when the chosen referencing was not possible")
+
+
+def accepts_r2star(interface: StageInterface) -> bool:
+    """Whether the chosen referencing algorithm uses R2* and magnitude."""
+    return bool(interface.accepted(r2star=True))
 
 
 class Reference(StageInterface):
@@ -260,8 +277,25 @@ class Reference(StageInterface):
         region = None
         if isdefined(self.inputs.reference_mask):
             region = read_mask(self.inputs.reference_mask)
-        chi = self.call(read_volume(self.inputs.chi), read_mask(self.inputs.mask), region=region)
+        meta = read_meta(self.inputs.meta)
+        chi_in = read_volume(self.inputs.chi)
+        mask = read_mask(self.inputs.mask)
+        extra = self.accepted(
+            r2star=_optional(self.inputs.r2star) if accepts_r2star(self) else None,
+            magnitude=_optional(self.inputs.magnitude) if accepts_r2star(self) else None,
+            voxel_size=tuple(meta["voxel_size"]),
+        )
+        try:
+            chi = self.call(chi_in, mask, region=region, **extra)
+            note = None
+        except ValueError as exc:
+            if self.inputs.algorithm != "csf":
+                raise
+            # no CSF found (e.g. a slab without ventricles): reference to the whole brain
+            chi = reference_mean(chi_in, mask, region=region)
+            note = f"CSF referencing failed ({exc}); referenced to the mean over the mask"
         self._results["chi"] = write_like(chi, self.inputs.chi, "chi", runtime.cwd)
+        self._results["note"] = note or ""
         return runtime
 
 

@@ -148,7 +148,8 @@ def init_qsm_wf(
         (combine_wf, write, [("outputnode.field", "total_field")]),
         (background_wf, write, [("outputnode.local_field", "local_field"),
                                 ("outputnode.local_mask", "local_mask")]),
-        (inversion_wf, write, [("outputnode.chi", "chi")]),
+        (inversion_wf, write, [("outputnode.chi", "chi"),
+                               ("outputnode.reference_note", "reference_note")]),
         (inversion_wf, sign, [("outputnode.chi", "chi")]),
         (background_wf, sign, [("outputnode.local_mask", "mask")]),
         (sign, write, [("sign", "sign"), ("report", "sign_check")]),
@@ -159,6 +160,7 @@ def init_qsm_wf(
             (load, r2star_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
             (mask_wf, r2star_wf, [("outputnode.mask", "inputnode.mask")]),
             (r2star_wf, write, [("outputnode.r2star", "r2star"), ("outputnode.t2star", "t2star")]),
+            (r2star_wf, inversion_wf, [("outputnode.r2star", "inputnode.r2star")]),
         ])  # fmt: skip
     return wf
 

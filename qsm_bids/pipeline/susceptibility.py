@@ -43,15 +43,16 @@ def init_inversion_wf(
     """Dipole inversion followed by referencing.
 
     Inputs: ``local_field`` (Hz), ``local_mask``, ``meta``; optional ``noise`` (SD of the
-    field, Hz) and ``magnitude`` (4D), given to the algorithms that use them.
-    Outputs: ``chi`` (ppm, referenced).
+    field, Hz), ``magnitude`` (4D) and ``r2star`` (1/s), given to the algorithms that use
+    them. Outputs: ``chi`` (ppm, referenced), ``reference_note`` (non-empty when the chosen
+    referencing fell back to the whole brain).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude"]),
+        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude", "r2star"]),
         name="inputnode",
     )
-    outputnode = pe.Node(IdentityInterface(["chi"]), name="outputnode")
+    outputnode = pe.Node(IdentityInterface(["chi", "reference_note"]), name="outputnode")
     invert = stage_node(DipoleInversion, inversion, name="invert", mem_gb=mem_gb, n_procs=n_procs)
     ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb / 4, n_procs=1)
     if reference_mask:
@@ -59,9 +60,10 @@ def init_inversion_wf(
     wf.connect([
         (inputnode, invert, [("local_field", "local_field"), ("local_mask", "mask"),
                              ("meta", "meta"), ("noise", "noise"), ("magnitude", "magnitude")]),
-        (inputnode, ref, [("local_mask", "mask"), ("meta", "meta")]),
+        (inputnode, ref, [("local_mask", "mask"), ("meta", "meta"), ("r2star", "r2star"),
+                          ("magnitude", "magnitude")]),
         (invert, ref, [("chi", "chi")]),
-        (ref, outputnode, [("chi", "chi")]),
+        (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
     return wf
 

