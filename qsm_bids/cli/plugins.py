@@ -85,7 +85,8 @@ def set_node_requests(wf, plugin: str) -> None:
     key = BATCH[plugin][0]
     for node in wf._get_all_nodes():
         request = node_request(plugin, float(node.mem_gb), int(node.n_procs or 1))
-        node.plugin_args = {**(node.plugin_args or {}), key: request}
+        # leading space: the Graph plugins append it to the global arguments as they are
+        node.plugin_args = {**(node.plugin_args or {}), key: " " + request}
 
 
 def plugin_settings(
@@ -114,7 +115,7 @@ def plugin_settings(
         os.environ.setdefault("LOGNAME", getpass.getuser())
         if plugin == "SLURMGraph":
             tag = f"qsm_bids_{uuid.uuid4().hex[:12]}"
-            args[key] = f"{args.get(key, '')} --comment={tag}".strip()
+            args[key] = f"{args.get(key, '')} --comment={tag}"
         args.setdefault(key, "")
         args.setdefault("dont_resubmit_completed_jobs", True)
     return args, tag
