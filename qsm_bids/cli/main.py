@@ -63,8 +63,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def cmd_group(ns) -> int:
+    """``qsm-bids BIDS_DIR OUTPUT_DIR group``: one table of every participant's regions."""
+    from qsm_bids.group import run_group_level
+
+    setup_logging(ns.verbose)
+    res = run_group_level(
+        ns.output_dir.resolve(),
+        participant_labels=ns.participant_label,
+        bids_dir=ns.bids_dir.resolve(),
+        group_template=ns.group_template,
+    )
+    log.info(
+        "group table of %d participant(s), %d run(s), %d rows: %s",
+        len(res.participants),
+        len(res.runs),
+        res.n_rows,
+        res.table,
+    )
+    if res.missing_participants:
+        log.warning(
+            "no region table (failed or not run) for: %s",
+            ", ".join(f"sub-{p}" for p in res.missing_participants),
+        )
+    if res.template_mean is not None:
+        log.info("study template: %s", res.template_mean)
+    return 0
+
+
+def write_reports(output_dir: Path, bids_dir: Path, subjects: set[str]) -> None:
+    """One HTML report per participant (failed ones too: the report lists their errors)."""
+    from qsm_bids.report import write_subject_report
+
+    for label in sorted(subjects):
+        try:
+            path = write_subject_report(output_dir.resolve(), label, bids_dir=bids_dir.resolve())
+            log.info("report: %s", path)
+        except QSMInputError as exc:
+            log.warning("no report for sub-%s: %s", label, exc)
+        except Exception as exc:  # a figure must never turn a finished run into a failure
+            log.warning("report for sub-%s failed: %s: %s", label, type(exc).__name__, exc)
+
+
 def cmd_participant(ns) -> int:
     """``qsm-bids BIDS_DIR OUTPUT_DIR participant ...``"""
+    if ns.analysis_level == "group":
+        return cmd_group(ns)
     from qsm_bids.cli.participant import run_participant_level
     from qsm_bids.cli.plugins import load_plugin_args
     from qsm_bids.recipe import load_recipe
@@ -101,6 +145,9 @@ def cmd_participant(ns) -> int:
         result.seconds,
         Path(ns.output_dir).resolve(),
     )
+    subjects = {r.subject for r in result.succeeded}
+    subjects |= {n.split("_")[0].removeprefix("sub-") for n in [*result.failed, *result.invalid]}
+    write_reports(Path(ns.output_dir), Path(ns.bids_dir), subjects)
     if result.invalid:
         return 2
     return 1 if result.failed else 0

@@ -46,8 +46,10 @@ def build_participant_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "analysis_level",
-        choices=["participant"],
-        help="'participant': process each participant's runs independently",
+        choices=["participant", "group"],
+        help="'participant': process each participant's runs independently and write a "
+        "report per participant; 'group': join the participants' region tables "
+        "(OUTPUT_DIR/group/)",
     )
     sel = p.add_argument_group("selecting data")
     sel.add_argument(
@@ -109,6 +111,13 @@ def build_participant_parser() -> argparse.ArgumentParser:
         "map (veins and iron-rich nuclei must come out paramagnetic) and negates the "
         "outputs if they do not. The check is reported in every sidecar. "
         "Default: %(default)s",
+    )
+    grp = p.add_argument_group("group level")
+    grp.add_argument(
+        "--group-template",
+        action="store_true",
+        help="also average the participants' template-space maps into a study template "
+        "(OUTPUT_DIR/group/space-MNI152NLin2009aSym_desc-groupmean_Chimap.nii.gz)",
     )
     res = p.add_argument_group("resources")
     res.add_argument(

@@ -1,0 +1,499 @@
+"""The group level: join every run's regional statistics, summarise them, and (optionally)
+average the normalised susceptibility maps into a study-specific template.
+
+Inputs, per run, in the participant level's output folder::
+
+    sub-X/[ses-Y/]anat/<prefix>_desc-aal3_regionstats.tsv
+    sub-X/[ses-Y/]anat/<prefix>_space-MNI152NLin2009aSym_Chimap.nii.gz   (template only)
+
+Outputs in ``<output_dir>/group/``:
+
+* ``regionstats.tsv``: ``participant_id, session, run, acquisition, region, label`` and the
+  statistics columns, one row per participant, session, run and region (``n/a`` for an
+  absent entity);
+* ``regionstats_summary.tsv``: ``region, label, n, mean_ppm, std_ppm`` (mean and sample
+  standard deviation, ``ddof=1``, of the runs' ``mean_ppm``);
+* ``regionstats.png``: the distribution of each region's mean across runs, deep grey
+  matter first;
+* ``space-MNI152NLin2009aSym_desc-groupmean_Chimap.nii.gz`` and ``..._desc-groupmedian_...``
+  (voxelwise mean and median of the runs' normalised maps) with JSON sidecars, on request;
+* ``group_report.json``: which participants and runs were used and which have no table.
+
+Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qsm_bids import __version__
+from qsm_bids.errors import QSMInputError
+
+#: The normalised maps' template.
+TEMPLATE_SPACE = "MNI152NLin2009aSym"
+
+#: Deep grey-matter structures, in display order, with the pattern their AAL3 region names
+#: match (``Caudate_L``, ``Thal_VPL_R``, ``SN_pc_L``, ``Red_N_R``, ...).
+DEEP_GREY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("caudate", re.compile(r"caudate", re.IGNORECASE)),
+    ("putamen", re.compile(r"putamen", re.IGNORECASE)),
+    ("pallidum", re.compile(r"pallid|globus", re.IGNORECASE)),
+    ("thalamus", re.compile(r"^thal|thalam", re.IGNORECASE)),
+    ("substantia nigra", re.compile(r"(^|_)sn(_|$)|nigra", re.IGNORECASE)),
+    ("red nucleus", re.compile(r"red_?n(uc|_|$)|red nucleus", re.IGNORECASE)),
+)
+
+#: Statistics columns of a run's ``regionstats.tsv``, in order.
+STAT_COLUMNS: tuple[str, ...] = (
+    "voxels",
+    "volume_mm3",
+    "mean_ppm",
+    "median_ppm",
+    "std_ppm",
+    "p25_ppm",
+    "p75_ppm",
+)
+
+#: Entities of the group table, with their column names.
+_ENTITY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ses", "session"),
+    ("run", "run"),
+    ("acq", "acquisition"),
+)
+
+_TABLE_GLOB = "*_desc-aal3_regionstats.tsv"
+_MAP_GLOB = f"*_space-{TEMPLATE_SPACE}_Chimap.nii*"
+
+
+@dataclass
+class GroupResult:
+    """What :func:`run_group_level` produced.
+
+    Attributes
+    ----------
+    table : Path
+        ``group/regionstats.tsv``.
+    summary : Path
+        ``group/regionstats_summary.tsv``.
+    figure : Path
+        ``group/regionstats.png``.
+    report : Path
+        ``group/group_report.json``.
+    participants : list of str
+        Participants (``sub-<label>``) with at least one table.
+    missing_participants : list of str
+        Expected participants (requested, in the raw dataset or with an output folder)
+        without any table: failed or not run.
+    runs : list of str
+        Runs (prefixes, e.g. ``sub-01_ses-1_run-1``) whose tables were joined.
+    runs_without_table : list of str
+        Runs with a susceptibility map but no regional statistics table.
+    n_rows : int
+        Rows of the group table (runs x regions).
+    template_mean, template_median : Path or None
+        The study template (mean and median map), when requested.
+    template_maps : list of Path
+        The normalised maps averaged into it.
+    """
+
+    table: Path
+    summary: Path
+    figure: Path
+    report: Path
+    participants: list[str] = field(default_factory=list)
+    missing_participants: list[str] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
+    runs_without_table: list[str] = field(default_factory=list)
+    n_rows: int = 0
+    template_mean: Path | None = None
+    template_median: Path | None = None
+    template_maps: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def order_regions(regions: list[str]) -> list[str]:
+    """Region names with deep grey matter first, then ``whole_brain``, then the rest.
+
+    Parameters
+    ----------
+    regions : list of str
+        Region names (duplicates are dropped, first occurrence kept).
+
+    Returns
+    -------
+    list of str
+        Caudate, putamen, pallidum, thalamus, substantia nigra and red nucleus regions (in
+        that order, each group in input order), then ``whole_brain``, then every other
+        region in input order.
+    """
+    unique = list(dict.fromkeys(regions))
+    groups: list[list[str]] = [[] for _ in DEEP_GREY_PATTERNS]
+    whole, rest = [], []
+    for name in unique:
+        for k, (_, pattern) in enumerate(DEEP_GREY_PATTERNS):
+            if pattern.search(name):
+                groups[k].append(name)
+                break
+        else:
+            (whole if name.lower() == "whole_brain" else rest).append(name)
+    return [n for g in groups for n in g] + whole + rest
+
+
+def is_deep_grey(region: str) -> bool:
+    """Whether a region name is one of the deep grey-matter structures."""
+    return any(p.search(region) for _, p in DEEP_GREY_PATTERNS)
+
+
+def _to_float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "", "n/a") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _tsv_text(header: list[str], rows: list[list[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["n/a" if _is_missing(v) else _cell(v) for v in row])
+    return buf.getvalue()
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _participants_of(bids_dir: Path) -> list[str]:
+    """Participant labels of a raw dataset: ``participants.tsv`` and ``sub-*`` folders."""
+    labels: list[str] = []
+    tsv = Path(bids_dir) / "participants.tsv"
+    if tsv.is_file():
+        try:
+            with open(tsv, newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh, delimiter="\t"):
+                    pid = (row.get("participant_id") or "").strip()
+                    if pid:
+                        labels.append(pid.removeprefix("sub-"))
+        except (OSError, csv.Error):
+            pass
+    labels += [p.name.removeprefix("sub-") for p in Path(bids_dir).glob("sub-*") if p.is_dir()]
+    return list(dict.fromkeys(labels))
+
+
+def _entities(name: str) -> dict[str, str] | None:
+    from qsm_bids.report.html import split_bids_name
+
+    parsed = split_bids_name(name)
+    return dict(parsed[0]) if parsed else None
+
+
+def _prefix(path: Path) -> str:
+    from qsm_bids.report.html import split_bids_name
+
+    parsed = split_bids_name(path.name)
+    if parsed is None:
+        return path.name
+    return "_".join(
+        f"{k}-{v}" for k, v in parsed[0] if k not in ("space", "desc", "res", "den", "label")
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Study template
+# --------------------------------------------------------------------------------------
+
+
+def _stack_on_grid(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, object]:
+    """Every map on the first map's grid (linear interpolation where grids differ; NaN
+    outside a map's field of view). Returns (stack (N, X, Y, Z) float32, affine, header)."""
+    import nibabel as nb
+    from scipy.ndimage import affine_transform
+
+    ref = nb.load(str(paths[0]))
+    shape = ref.shape[:3]
+    stack = np.empty((len(paths), *shape), dtype=np.float32)
+    for n, path in enumerate(paths):
+        img = ref if n == 0 else nb.load(str(path))
+        data = np.asanyarray(img.dataobj).astype(np.float32, copy=False)
+        while data.ndim > 3:
+            data = data[..., 0]
+        if data.shape == shape and np.allclose(img.affine, ref.affine, atol=1e-4):
+            stack[n] = data
+            continue
+        vox = np.linalg.solve(img.affine, ref.affine)  # reference voxel -> this map's voxel
+        stack[n] = affine_transform(
+            np.nan_to_num(data),
+            vox[:3, :3],
+            offset=vox[:3, 3],
+            output_shape=shape,
+            order=1,
+            mode="constant",
+            cval=np.nan,
+        )
+    return stack, ref.affine, ref.header
+
+
+def _write_template(paths: list[Path], group_dir: Path, output_dir: Path) -> tuple[Path, Path]:
+    from qsm_bids.bids.derivatives import write_nifti_atomic
+
+    stack, affine, header = _stack_on_grid(paths)
+    with warnings.catch_warnings():  # "All-NaN slice" where no map covers a voxel
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        mean = np.nanmean(stack, axis=0)
+        median = np.nanmedian(stack, axis=0)
+    count = np.isfinite(stack).sum(axis=0)
+    mean = np.where(count > 0, mean, 0.0).astype(np.float32)
+    median = np.where(count > 0, median, 0.0).astype(np.float32)
+    sources = [p.resolve().relative_to(output_dir.resolve()).as_posix() for p in paths]
+    written = []
+    for desc, data, how in (("groupmean", mean, "mean"), ("groupmedian", median, "median")):
+        path = group_dir / f"space-{TEMPLATE_SPACE}_desc-{desc}_Chimap.nii.gz"
+        sidecar = {
+            "Units": "ppm",
+            "SkullStripped": True,
+            "Description": (
+                f"Study-specific susceptibility template: voxelwise {how} of {len(paths)} "
+                f"normalised susceptibility maps ({TEMPLATE_SPACE}); maps on another grid "
+                "were resampled to the first one's by linear interpolation."
+            ),
+            "NumberOfMaps": len(paths),
+            "Sources": [f"bids::{s}" for s in sources],
+            "SoftwareVersion": f"qsm_bids {__version__}",
+        }
+        written.append(write_nifti_atomic(path, data, affine, header=header, sidecar=sidecar))
+    return written[0], written[1]
+
+
+# --------------------------------------------------------------------------------------
+# The group level
+# --------------------------------------------------------------------------------------
+
+
+def run_group_level(
+    output_dir: Path,
+    *,
+    participant_labels: list[str] | None = None,
+    bids_dir: Path | None = None,
+    group_template: bool = False,
+) -> GroupResult:
+    """Join and summarise every run's regional statistics; optionally build a study template.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Root of the qsm_bids derivatives (the participant level's ``OUTPUT_DIR``); results
+        go to ``<output_dir>/group/``.
+    participant_labels : list of str or None, default None
+        Participants to include (with or without ``sub-``); ``None``: every participant.
+    bids_dir : Path or None, default None
+        The raw dataset, to list the participants (``participants.tsv`` and ``sub-*``
+        folders) that have no table. Without it only participants with an output folder
+        (or requested ones) are checked.
+    group_template : bool, default False
+        Also write the voxelwise mean and median of every run's
+        ``space-MNI152NLin2009aSym_Chimap`` (ppm) as
+        ``group/space-MNI152NLin2009aSym_desc-group{mean,median}_Chimap.nii.gz``. Memory:
+        all maps are held at once (about 35 MB per 1 mm map).
+
+    Returns
+    -------
+    GroupResult
+        Paths written, participants and runs used and missing.
+
+    Raises
+    ------
+    QSMInputError
+        If no ``*_desc-aal3_regionstats.tsv`` exists for the selected participants, a
+        table lacks the ``region`` or ``mean_ppm`` column, or ``group_template`` is set
+        and no normalised map exists. Nothing is written then.
+    """
+    output_dir = Path(output_dir)
+    wanted = (
+        None
+        if participant_labels is None
+        else list(dict.fromkeys(p.removeprefix("sub-") for p in participant_labels))
+    )
+    out_subjects = sorted(
+        p.name.removeprefix("sub-") for p in output_dir.glob("sub-*") if p.is_dir()
+    )
+    if wanted is not None:
+        expected = list(wanted)
+    else:
+        expected = list(out_subjects)
+        if bids_dir is not None:
+            expected += _participants_of(Path(bids_dir))
+        expected = sorted(dict.fromkeys(expected))
+
+    def selected(label: str) -> bool:
+        return wanted is None or label in wanted
+
+    tables: list[Path] = []
+    maps: list[Path] = []
+    chimaps: list[Path] = []
+    for label in out_subjects:
+        if not selected(label):
+            continue
+        root = output_dir / f"sub-{label}"
+        tables += sorted(root.glob(f"**/anat/{_TABLE_GLOB}"))
+        maps += sorted(root.glob(f"**/anat/{_MAP_GLOB}"))
+        chimaps += sorted(root.glob("**/anat/*_Chimap.nii*"))
+    if not tables:
+        where = f"participants {', '.join(wanted)}" if wanted is not None else "any participant"
+        raise QSMInputError(
+            output_dir,
+            f"no regional statistics tables ({_TABLE_GLOB}) for {where}; run the participant "
+            "level (with atlas statistics) first",
+        )
+    if group_template and not maps:
+        raise QSMInputError(
+            output_dir,
+            f"--group-template needs normalised maps ({_MAP_GLOB}) and none were found",
+        )
+
+    # ---- read and join the tables
+    extra_keys: list[str] = []
+    per_run: list[tuple[dict[str, str], str, list[dict[str, str]]]] = []
+    for path in tables:
+        ents = _entities(path.name) or {}
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t")
+            rows = [dict(r) for r in reader]
+            columns = reader.fieldnames or []
+        for col in ("region", "mean_ppm"):
+            if col not in columns:
+                raise QSMInputError(path, f"regional statistics table has no {col!r} column")
+        run_ents = {
+            k: v for k, v in ents.items() if k not in ("space", "desc", "res", "den", "label")
+        }
+        for key in run_ents:
+            if key not in ("sub", "ses", "run", "acq") and key not in extra_keys:
+                extra_keys.append(key)
+        per_run.append((run_ents, _prefix(path), rows))
+
+    header = ["participant_id"] + [c for _, c in _ENTITY_COLUMNS] + extra_keys
+    header += ["region", "label", *STAT_COLUMNS]
+    out_rows: list[list[object]] = []
+    by_region: dict[str, list[float]] = {}
+    region_label: dict[str, str] = {}
+    region_order: list[str] = []
+    for ents, _prefix_name, rows in per_run:
+        ent_cells = [ents.get(k) for k, _ in _ENTITY_COLUMNS] + [ents.get(k) for k in extra_keys]
+        for row in rows:
+            region = (row.get("region") or "").strip()
+            if not region:
+                continue
+            label = (row.get("label") or "").strip() or None
+            stats = [row.get(c) if row.get(c) not in ("", None) else None for c in STAT_COLUMNS]
+            out_rows.append([f"sub-{ents.get('sub', '')}", *ent_cells, region, label, *stats])
+            by_region.setdefault(region, []).append(_to_float(row.get("mean_ppm")))
+            if region not in region_label and label is not None:
+                region_label[region] = label
+            region_order.append(region)
+    ordered = order_regions(region_order)
+
+    # ---- per-region summary across runs
+    summary_rows: list[list[object]] = []
+    for region in ordered:
+        vals = np.asarray([v for v in by_region[region] if math.isfinite(v)], dtype=float)
+        n = int(vals.size)
+        mean = float(np.mean(vals)) if n else math.nan
+        std = float(np.std(vals, ddof=1)) if n > 1 else math.nan
+        summary_rows.append([region, region_label.get(region), n, mean, std])
+
+    # ---- who is missing
+    with_table = sorted({ents.get("sub", "") for ents, _, _ in per_run})
+    missing = [p for p in expected if p not in with_table]
+    prefixes = [p for _, p, _ in per_run]
+    chimap_prefixes = sorted({_prefix(p) for p in chimaps if "_space-" not in p.name})
+    runs_without_table = [p for p in chimap_prefixes if p not in prefixes]
+
+    # ---- write
+    from qsm_bids.report.figures import plot_region_distribution
+    from qsm_bids.report.html import write_text_atomic
+
+    group_dir = output_dir / "group"
+    table_path = write_text_atomic(group_dir / "regionstats.tsv", _tsv_text(header, out_rows))
+    summary_path = write_text_atomic(
+        group_dir / "regionstats_summary.tsv",
+        _tsv_text(["region", "label", "n", "mean_ppm", "std_ppm"], summary_rows),
+    )
+    figure_path = plot_region_distribution(
+        {r: by_region[r] for r in ordered},
+        group_dir / "regionstats.png",
+        highlight=[r for r in ordered if is_deep_grey(r)],
+        title=(
+            f"Regional mean susceptibility: {len(per_run)} run(s) of "
+            f"{len(with_table)} participant(s)"
+        ),
+    )
+    result = GroupResult(
+        table=table_path,
+        summary=summary_path,
+        figure=figure_path,
+        report=group_dir / "group_report.json",
+        participants=[f"sub-{p}" for p in with_table],
+        missing_participants=[f"sub-{p}" for p in missing],
+        runs=prefixes,
+        runs_without_table=runs_without_table,
+        n_rows=len(out_rows),
+    )
+    if group_template:
+        result.template_mean, result.template_median = _write_template(maps, group_dir, output_dir)
+        result.template_maps = maps
+
+    def rel(path: Path | None) -> str | None:
+        return None if path is None else path.relative_to(output_dir).as_posix()
+
+    from qsm_bids.bids.derivatives import write_json_atomic
+
+    write_json_atomic(
+        result.report,
+        {
+            "GeneratedBy": {"Name": "qsm_bids", "Version": __version__},
+            "ParticipantsExpected": [f"sub-{p}" for p in expected],
+            "ParticipantsWithTables": result.participants,
+            "ParticipantsMissing": result.missing_participants,
+            "Runs": result.runs,
+            "RunsWithoutTable": result.runs_without_table,
+            "Regions": len(ordered),
+            "Rows": result.n_rows,
+            "Outputs": {
+                "table": rel(result.table),
+                "summary": rel(result.summary),
+                "figure": rel(result.figure),
+                "template_mean": rel(result.template_mean),
+                "template_median": rel(result.template_median),
+            },
+            "TemplateMaps": [rel(p) for p in result.template_maps],
+        },
+    )
+    return result
+
+
+__all__ = [
+    "DEEP_GREY_PATTERNS",
+    "GroupResult",
+    "STAT_COLUMNS",
+    "is_deep_grey",
+    "order_regions",
+    "run_group_level",
+]
