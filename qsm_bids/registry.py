@@ -47,6 +47,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
             "pdf": "qsm_bids.core.background:pdf",
             "resharp": "qsm_bids.core.background:resharp",
             "ismv": "qsm_bids.core.background:ismv",
+            "lbv": "qsm_bids.core.background:lbv",
         },
     ),
     "inversion": (
@@ -55,6 +56,11 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
             "tkd": "qsm_bids.core.inversion:tkd",
             "tikhonov": "qsm_bids.core.inversion:tikhonov",
             "tv_admm": "qsm_bids.core.inversion:tv_admm",
+            "rts": "qsm_bids.core.inversion:rts",
+            "ndi": "qsm_bids.core.inversion:ndi",
+            "ilsqr": "qsm_bids.core.inversion:ilsqr",
+            "medi": "qsm_bids.core.inversion:medi",
+            "nltv": "qsm_bids.core.inversion:nltv",
         },
     ),
     "reference": (

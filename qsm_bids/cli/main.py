@@ -24,17 +24,20 @@ from qsm_bids.errors import QSMInputError
 log = logging.getLogger("qsm_bids")
 
 
-def setup_logging(verbosity: int) -> None:
-    """Console messages of qsm_bids (DEBUG with ``-v``; nipype's own with ``-vv``)."""
-    level = logging.DEBUG if verbosity > 0 else logging.INFO
+def setup_logging(verbosity: int, *, quiet: bool = False) -> None:
+    """Console messages of qsm_bids: progress by default, warnings and errors only with
+    ``quiet`` (``-q``), debugging details with ``-v`` (and nipype's own with ``-vv``)."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbosity > 0 else logging.INFO
     logger = logging.getLogger("qsm_bids")
     for old in list(logger.handlers):
         logger.removeHandler(old)
+        old.close()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s qsm-bids: %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
     logger.addHandler(handler)
     logger.propagate = False
-    logger.setLevel(level)
+    logger.setLevel(logging.DEBUG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +70,7 @@ def cmd_group(ns) -> int:
     """``qsm-bids BIDS_DIR OUTPUT_DIR group``: one table of every participant's regions."""
     from qsm_bids.group import run_group_level
 
-    setup_logging(ns.verbose)
+    setup_logging(ns.verbose, quiet=ns.quiet)
     res = run_group_level(
         ns.output_dir.resolve(),
         participant_labels=ns.participant_label,
@@ -113,7 +116,7 @@ def cmd_participant(ns) -> int:
     from qsm_bids.cli.plugins import load_plugin_args
     from qsm_bids.recipe import load_recipe
 
-    setup_logging(ns.verbose)
+    setup_logging(ns.verbose, quiet=ns.quiet)
     recipe = load_recipe(ns.pipeline)
     result = run_participant_level(
         ns.bids_dir,

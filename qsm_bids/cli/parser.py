@@ -160,7 +160,12 @@ def build_participant_parser() -> argparse.ArgumentParser:
         help="memory limit in GB for the scheduler (default: 90%% of the machine's)",
     )
     out = p.add_argument_group("messages")
-    out.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
+    out.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages (-vv: nipype's too)"
+    )
+    out.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings, errors and the final summary"
+    )
     return p
 
 

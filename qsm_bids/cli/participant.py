@@ -184,11 +184,7 @@ def run_participant_level(
         cores,
         mem,
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(output_dir, version=__version__, source_dir=bids_dir)
     work_dir = work_dir.resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-
     wf = init_participant_wf(
         runs,
         recipe,
@@ -200,6 +196,15 @@ def run_participant_level(
         phase_sign=phase_sign,
         n_procs=cores,
     )
+    check_memory(wf, runs, mem)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(output_dir, version=__version__, source_dir=bids_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_bidsignore(output_dir)
+    log_path = attach_log_file(output_dir)
+    log.info("qsm_bids %s; log file %s", __version__, log_path)
+    for name, reason in invalid.items():
+        log.debug("skipped %s (bad input): %s", name, reason)
     quiet_nipype(verbose=verbose_nipype)
     crash_dir = work_dir / "crash"
     wf.config["execution"].update(
@@ -248,6 +253,61 @@ def run_participant_level(
         else:
             result.failed[run.name] = summarise_crash(crash_dir, run)
     return result
+
+
+#: files in OUTPUT_DIR that are not BIDS derivatives, for the BIDS validator
+BIDSIGNORE = ("logs/", "group/", "sub-*.html", "sub-*/figures/")
+
+
+def write_bidsignore(output_dir: Path) -> None:
+    """Create ``OUTPUT_DIR/.bidsignore`` once (exclusive create: concurrent runs are safe)."""
+    try:
+        fd = os.open(output_dir / ".bidsignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(BIDSIGNORE) + "\n")
+
+
+def attach_log_file(output_dir: Path) -> Path:
+    """Send every qsm_bids message of this invocation (debug level) to a log file in
+    ``OUTPUT_DIR/logs/``, named by the start time and process id so that concurrent
+    invocations (one participant each, e.g. an array job) do not share a file."""
+    import sys
+
+    folder = output_dir / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = folder / f"qsm_bids_{stamp}_{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("qsm_bids")
+    logger.addHandler(handler)
+    logger.debug("command: %s", " ".join(sys.argv))
+    return path
+
+
+def check_memory(wf, runs: list[Run], mem_gb: float) -> None:
+    """Refuse to start when a step of some run needs more memory than ``mem_gb``.
+
+    Each node's ``mem_gb`` is set by the workflow builders from the data size (see
+    :func:`qsm_bids.pipeline.base.init_qsm_wf`); nipype's scheduler keeps the sum of the
+    running nodes' estimates under ``mem_gb``, but cannot run a node larger than it.
+    """
+    from qsm_bids.pipeline.base import workflow_name
+
+    for run in runs:
+        nodes = wf.get_node(workflow_name(run))._get_all_nodes()
+        need = max(float(node.mem_gb) for node in nodes)
+        if need > mem_gb:
+            shape = nb.load(str(run.phase_files[0])).shape
+            raise QSMInputError(
+                run.phase_files[0],
+                f"a {'x'.join(map(str, shape))} run needs about {need:.1f} GB for its largest "
+                f"step but only {mem_gb:.1f} GB were allowed (--mem-gb); give more memory "
+                "or process it on a larger machine",
+            )
 
 
 def quiet_nipype(verbose: bool = False) -> None:

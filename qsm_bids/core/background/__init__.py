@@ -5,6 +5,7 @@ the background field (sources outside it: air, bone, shim residuals).
 * :func:`pdf` -- projection onto dipole fields (Liu et al., NMR Biomed 2011), keeps the mask.
 * :func:`resharp` -- Tikhonov-regularised SHARP (Sun & Wilman, MRM 2014), eroded mask.
 * :func:`ismv` -- iterative spherical mean value (Wen et al., MRM 2014), eroded mask.
+* :func:`lbv` -- Laplacian boundary value (Zhou et al., NMR Biomed 2014), peeled mask.
 
 All take ``(field, mask, voxel_size, b0_dir, *, weights=None, <tunables>)`` and return
 ``(local_field float32, local_mask bool)`` in the unit of ``field``. None can recover the
@@ -12,8 +13,9 @@ harmonic (including constant) part of the local field; the referencing step deme
 """
 
 from qsm_bids.core.background.ismv import ismv
+from qsm_bids.core.background.lbv import lbv
 from qsm_bids.core.background.pdf import pdf
 from qsm_bids.core.background.resharp import resharp
 from qsm_bids.core.background.vsharp import vsharp
 
-__all__ = ["ismv", "pdf", "resharp", "vsharp"]
+__all__ = ["ismv", "lbv", "pdf", "resharp", "vsharp"]

@@ -23,6 +23,7 @@ background removal method). The referencing step later fixes the susceptibility 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from qsm_bids.core import kernels
 from qsm_bids.core.linalg import axpy as _axpy
@@ -41,6 +42,7 @@ def pdf(
     tolerance: float = 3e-4,
     max_iter: int = 60,
     padding: int = 8,
+    peel: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove the background field by projection onto dipole fields (Liu et al. 2011).
 
@@ -68,13 +70,18 @@ def pdf(
     padding : int, default 8
         Zero-padding (voxels) added on each side of every axis; dipole sources are fitted in
         the padded region too, to represent sources outside the field of view.
+    peel : int, default 0
+        Number of boundary layers (6-connected erosions) removed from the returned mask and
+        local field. PDF's error is largest at the mask edge, where the field of sources
+        just inside the mask cannot be told apart from that of sources just outside; 0 keeps
+        the whole mask (Liu et al. 2011).
 
     Returns
     -------
     local_field : (X, Y, Z) float32 array
         ``field - D chi_out`` inside the mask (same unit as ``field``), zero outside.
     local_mask : (X, Y, Z) bool array
-        The input mask (PDF does not erode it).
+        The input mask eroded by ``peel`` voxels (the input mask itself by default).
 
     Notes
     -----
@@ -82,13 +89,21 @@ def pdf(
     local-field NRMSE about 49 % at 2 mm and 44 % at 1 mm, reached after 40-60 iterations;
     further iterations start fitting the local field with outside sources (NRMSE rises
     slowly). Worst case (60 iterations) about 11 s at 180x220x180 on 2 cores.
+
+    Re-measured on the current phantom (2 mm, 3 T; 3 and 7 T give the same numbers, every
+    method being linear and unit-free), true total field, NRMSE on the returned mask
+    intersected with the brain eroded by 3 voxels: 36.0 % with the defaults (34.2 % at
+    ``max_iter`` 20, 37.4 % at 250), 30.2 / 27.4 / 25.2 % with ``peel`` 2 / 3 / 4 (keeping
+    85 / 78 / 72 % of the mask); on the brain eroded by 12 mm, 27.4 % (the lowest of the
+    background methods there). The error left is mostly a low-order harmonic field (about
+    60 % of its energy lies in harmonic polynomials of degree <= 3).
     """
     f = np.asarray(field, dtype=np.float32)
     m = np.asarray(mask) != 0
     if f.ndim != 3 or f.shape != m.shape:
         raise ValueError(f"field {f.shape} and mask {m.shape} must be 3D arrays of one shape")
-    if tolerance <= 0 or max_iter < 1 or padding < 0:
-        raise ValueError("tolerance must be > 0, max_iter >= 1 and padding >= 0")
+    if tolerance <= 0 or max_iter < 1 or padding < 0 or peel < 0:
+        raise ValueError("tolerance must be > 0, max_iter >= 1, padding >= 0 and peel >= 0")
     vs = tuple(float(v) for v in voxel_size)
     if not np.any(m):
         return np.zeros(f.shape, dtype=np.float32), m.copy()
@@ -154,4 +169,10 @@ def pdf(
     # Subtract the field of the fitted outside sources.
     local = fp - dipole(x)
     local = np.where(mp, local, np.float32(0.0))[sl].astype(np.float32, copy=False)
-    return np.ascontiguousarray(local), m.copy()
+    out_mask = m.copy()
+    if peel > 0:
+        # Peel the least reliable boundary layers.
+        st = ndimage.generate_binary_structure(3, 1)
+        out_mask = ndimage.binary_erosion(m, structure=st, iterations=int(peel))
+        local = np.where(out_mask, local, np.float32(0.0))
+    return np.ascontiguousarray(local), out_mask

@@ -6,8 +6,13 @@ with ``local_field`` in ppm of B0, ``voxel_size`` in mm, ``b0_dir`` the unit B0 
 voxel-index space, and returns a float32 susceptibility map in ppm, zero outside ``mask``.
 """
 
+from qsm_bids.core.inversion.ilsqr import ilsqr
+from qsm_bids.core.inversion.medi import medi
+from qsm_bids.core.inversion.ndi import ndi
+from qsm_bids.core.inversion.nltv import nltv
+from qsm_bids.core.inversion.rts import rts
 from qsm_bids.core.inversion.tikhonov import tikhonov
 from qsm_bids.core.inversion.tkd import tkd
 from qsm_bids.core.inversion.tv_admm import tv_admm
 
-__all__ = ["tikhonov", "tkd", "tv_admm"]
+__all__ = ["ilsqr", "medi", "ndi", "nltv", "rts", "tikhonov", "tkd", "tv_admm"]

@@ -1,0 +1,232 @@
+"""Morphology-enabled dipole inversion (MEDI) with the nonlinear data term.
+
+References
+----------
+Liu T, Liu J, de Rochefort L, et al. Morphology enabled dipole inversion (MEDI) from a
+single-angle acquisition: comparison with COSMOS in human brain imaging. Magn Reson Med
+2011;66:777-783.
+Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for quantitative
+susceptibility mapping using structural consistency between the magnitude image and the
+susceptibility map. NeuroImage 2012;59:2560-2568.
+Liu T, Wisnieff C, Lou M, et al. Nonlinear formulation of the magnetic field to source
+relationship for robust quantitative susceptibility mapping. Magn Reson Med
+2013;69:467-476.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qsm_bids.core.inversion.tkd import _Box, _finish, _grad_scale, _prepare
+from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
+from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
+
+__all__ = ["medi"]
+
+#: Percentile of |field| (in the weighted mask) mapped to 1 rad by the automatic phase scale.
+PHASE_PERCENTILE = 99.9
+
+
+def _weights_sq(weights: np.ndarray | None, mask: np.ndarray, box: _Box) -> np.ndarray:
+    """Squared data weights ``W^2`` on the box: zero outside ``mask``, ``W`` of mean 1 in it."""
+    inside = np.asarray(mask).astype(bool)
+    if weights is None:
+        return box.embed(inside.astype(np.float32))
+    wp = np.asarray(weights, dtype=np.float32)
+    if wp.shape != inside.shape:
+        raise ValueError("weights must have the shape of mask")
+    wp = np.where(inside, np.abs(wp), np.float32(0))
+    mean = float(wp[inside].mean()) if np.any(inside) else 0.0
+    mean = mean if mean > 0 else 1.0
+    return box.embed(wp / np.float32(mean)) ** 2
+
+
+def _phase_scale(field: np.ndarray, w2: np.ndarray, phase_scale: float) -> float:
+    """Radians per ppm used by the nonlinear data terms.
+
+    ``phase_scale > 0`` is used as given (e.g. ``2 pi gamma_bar B0 TE``); ``0`` means
+    automatic: the 99.9th percentile of ``|field|`` over the voxels of positive weight is
+    mapped to 1 rad, so that nearly all the phase lies within +-1 rad (no wraps) and the
+    result scales linearly with the input field.
+    """
+    if float(phase_scale) < 0:
+        raise ValueError(f"phase_scale must be >= 0, got {phase_scale}")
+    if float(phase_scale) > 0:
+        return float(phase_scale)
+    vals = np.abs(field[w2 > 0])
+    ref = float(np.percentile(vals, PHASE_PERCENTILE)) if vals.size else 0.0
+    return 1.0 / ref if ref > 0 else 1.0
+
+
+def _edge_mask(
+    magnitude: np.ndarray | None,
+    mask: np.ndarray,
+    box: _Box,
+    inv_h: list[float],
+    edge_percentage: float,
+) -> list[np.ndarray]:
+    """MEDI's binary gradient mask ``M`` on the box, one array per axis (float32).
+
+    ``M = 0`` on the ``edge_percentage`` fraction of the gradient components (3 per mask
+    voxel) where the masked magnitude changes most, 1 elsewhere (Liu T 2011, eq. 3); all
+    ones when ``magnitude`` is None.
+    """
+    if magnitude is None or edge_percentage <= 0:
+        return [np.ones(box.shape, np.float32) for _ in range(3)]
+    mag = np.asarray(magnitude, dtype=np.float32)
+    if mag.shape != np.asarray(mask).shape:
+        raise ValueError("magnitude must have the shape of mask")
+    inside = np.asarray(mask).astype(bool)
+    mp = box.embed(np.where(inside, np.abs(mag), np.float32(0)))
+    grads = [np.zeros(box.shape, np.float32) for _ in range(3)]
+    _grad_add(mp, inv_h, grads)
+    mb = box.embed(inside.astype(np.float32)) > 0
+    comps = np.concatenate([np.abs(g[mb]) for g in grads])
+    if comps.size == 0:
+        return [np.ones(box.shape, np.float32) for _ in range(3)]
+    thr = np.float32(np.quantile(comps, 1.0 - float(edge_percentage)))
+    return [(np.abs(g) <= thr).astype(np.float32) for g in grads]
+
+
+def medi(
+    local_field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    b0_dir: tuple[float, float, float],
+    *,
+    weights: np.ndarray | None = None,
+    magnitude: np.ndarray | None = None,
+    lambda_: float = 500.0,
+    edge_percentage: float = 0.3,
+    max_iter: int = 10,
+    tol: float = 0.03,
+    cg_max_iter: int = 50,
+    cg_tol: float = 0.01,
+    phase_scale: float = 0.0,
+) -> np.ndarray:
+    """Nonlinear morphology-enabled dipole inversion (Liu T 2011; Liu J 2012; Liu T 2013).
+
+    Solves ``min_y ||M G y||_1 + lambda ||W (exp(i D y) - exp(i phi))||_2^2`` with
+    ``phi = s f`` the field in rad (``s`` = ``phase_scale``), ``y = s chi``, ``D`` the dipole
+    convolution, ``G`` the forward-difference gradient (steps in geometric-mean voxels),
+    ``W = mask * weights`` (mean 1 in the mask) and ``M`` the binary gradient mask that
+    exempts the magnitude image's edges from the L1 penalty. Each Gauss-Newton step
+    linearises the exponential and the L1 norm by lagged diffusivity
+    (``|x| ~ x^2 / sqrt(x^2 + eps)``) and solves the normal equations by conjugate
+    gradients; all arithmetic is real because ``|exp(i D y)| = 1``.
+
+    Parameters
+    ----------
+    local_field : (X, Y, Z) array
+        Local field in ppm; values outside ``mask`` are ignored.
+    mask : (X, Y, Z) array
+        Region where the local field is valid (the data weight is zero outside).
+    voxel_size : 3 floats
+        Voxel size in mm.
+    b0_dir : 3 floats
+        B0 direction in voxel-index space.
+    weights : (X, Y, Z) array or None, default None
+        Data-fidelity weights ``W`` (e.g. inverse field noise SD); None means 1.
+    magnitude : (X, Y, Z) array or None, default None
+        Magnitude image (any scale) whose edges define ``M``. None: no edge mask
+        (``M = 1``: nonlinear TV solved by Gauss-Newton); the field's own gradient is not
+        used because field edges do not coincide with susceptibility edges.
+    lambda_ : float, default 500.0
+        Weight of the data term, in the units above (``y`` and ``phi`` in rad, gradients
+        per geometric-mean voxel); larger means less regularisation. Chosen on the built-in
+        head phantom (3 T, 2 mm, true local field + 0.001 ppm noise, first-echo magnitude):
+        NRMSE 16.8 / 15.1 / 15.6 % for 250 / 500 / 1000. Lower it for noisier fields.
+    edge_percentage : float, default 0.3
+        Fraction of the gradient components (three per mask voxel) treated as edges: those
+        with the largest magnitude gradient. MEDI's ``percentage = 0.9`` counts the edge
+        components per mask voxel, which is the same 30 %.
+    max_iter : int, default 10
+        Maximum number of Gauss-Newton iterations.
+    tol : float, default 0.03
+        Stop when the Gauss-Newton update ``||dy|| / ||y||`` falls below ``tol`` (about 6
+        iterations; MEDI's 0.1 stops after 3, at 17.0 % instead of 15.1 % on the phantom).
+    cg_max_iter : int, default 50
+        Maximum conjugate-gradient iterations per Gauss-Newton step.
+    cg_tol : float, default 0.01
+        Relative residual at which the conjugate gradients stop.
+    phase_scale : float, default 0.0
+        Radians per ppm, ``s``. 0 means automatic: the 99.9th percentile of ``|f|`` over
+        the voxels of positive weight becomes 1 rad (so the phase stays within about
+        +-1 rad, and the estimate scales linearly with the field). Set
+        ``2 pi gamma_bar B0 TE`` for a physical echo.
+
+    Returns
+    -------
+    (X, Y, Z) float32 array
+        Susceptibility in ppm, zero outside ``mask``.
+    """
+    if float(lambda_) <= 0:
+        raise ValueError(f"lambda_ must be > 0, got {lambda_}")
+    if not 0.0 <= float(edge_percentage) < 1.0:
+        raise ValueError(f"edge_percentage must be in [0, 1), got {edge_percentage}")
+    if int(max_iter) < 1 or int(cg_max_iter) < 1:
+        raise ValueError("max_iter and cg_max_iter must be >= 1")
+    f, _, shape, box = _prepare(local_field, mask)
+    w2 = _weights_sq(weights, mask, box)
+    s = _phase_scale(f, w2, phase_scale)
+    phi = (f * np.float32(s)).astype(np.float32)
+    inv_h = [float(x) for x in 1.0 / _grad_scale(voxel_size)]
+    d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
+    # Liu T 2011, eq. 3: binary mask M of the non-edge gradient components
+    edge = _edge_mask(magnitude, mask, box, inv_h, edge_percentage)
+    lam2 = np.float32(2.0 * float(lambda_))
+    eps = np.float32(1e-6)  # lagged-diffusivity smoothing of |x| (rad^2 per voxel^2)
+
+    tmp = np.empty(shape, np.float32)
+    gy = [np.empty(shape, np.float32) for _ in range(3)]
+
+    def dconv(x: np.ndarray) -> np.ndarray:
+        return irfftn(rfftn(x) * d, s=shape).astype(np.float32, copy=False)
+
+    def reg_op(x: np.ndarray, r: list[np.ndarray], out: np.ndarray) -> np.ndarray:
+        """``G^T R G x`` with ``R`` the lagged-diffusivity weights (M^2 / |M G y|)."""
+        for g in gy:
+            g.fill(0)
+        _grad_add(x, inv_h, gy)
+        for g, ra in zip(gy, r, strict=True):
+            g *= ra
+        return _grad_adjoint(gy, inv_h, out, tmp)
+
+    def hess(x: np.ndarray, r: list[np.ndarray]) -> np.ndarray:
+        """Gauss-Newton Hessian ``G^T R G + 2 lambda D W^2 D`` applied to ``x``."""
+        out = reg_op(x, r, np.empty(shape, np.float32))
+        out += lam2 * dconv(w2 * dconv(x))
+        return out
+
+    y = np.zeros(shape, np.float32)
+    for _ in range(int(max_iter)):
+        # Liu T 2013: linearise exp(i D y) around y; lagged diffusivity for the L1 term
+        for g in gy:
+            g.fill(0)
+        _grad_add(y, inv_h, gy)
+        r = [m * m / np.sqrt((m * g) ** 2 + eps) for m, g in zip(edge, gy, strict=True)]
+        # gradient of the cost: G^T R G y + 2 lambda D W^2 sin(D y - phi)
+        grad = reg_op(y, r, np.empty(shape, np.float32))
+        grad += lam2 * dconv(w2 * np.sin(dconv(y) - phi))
+        # conjugate gradients on hess(dy) = -grad
+        dy = np.zeros(shape, np.float32)
+        res = -grad
+        p = res.copy()
+        rr = float(np.vdot(res, res))
+        stop = float(cg_tol) ** 2 * rr
+        for _k in range(int(cg_max_iter)):
+            if rr <= stop or rr == 0.0:
+                break
+            ap = hess(p, r)
+            alpha = np.float32(rr / float(np.vdot(p, ap)))
+            dy += alpha * p
+            res -= alpha * ap
+            rr_new = float(np.vdot(res, res))
+            p *= np.float32(rr_new / rr)
+            p += res
+            rr = rr_new
+        y += dy
+        norm = float(np.linalg.norm(y.ravel()))
+        if norm > 0 and float(np.linalg.norm(dy.ravel())) / norm < float(tol):
+            break
+    return _finish(y / np.float32(s), mask, box)
