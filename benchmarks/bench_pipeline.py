@@ -2,20 +2,29 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--resolution 1.0] [--pipeline default]
+    .venv/bin/python benchmarks/bench_pipeline.py [--resolutions 1 1.5 2]
+        [--pipeline default] [--skip-cli] [--throughput 8]
 
-1. Simulates a head-phantom dataset (default 1 mm, about 180x220x180, 4 echoes).
+For each resolution:
+
+1. Simulates a head-phantom dataset (1 mm: about 180x220x180, 4 echoes).
 2. Runs each stage's core function in this process on the simulated data and prints its
    wall time, CPU time and peak traced memory (numpy allocations, via tracemalloc), and the
-   time as a multiple of one complex64 3D FFT of the grid.
+   time as a multiple of one complex64 3D FFT of the grid measured in the same run.
 3. Runs the whole participant pipeline through the command line (nipype MultiProc) in a
-   child process and prints its wall time and peak resident memory (the largest process).
+   child process, without and with the registration to the template and the regional
+   statistics, and prints wall time and peak resident memory (the largest process).
+
+Then a table of how time and memory grow with voxels x echoes, and, with
+``--throughput N``, N simulated participants at 2 mm through one MultiProc run on all
+cores: participants per hour.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import inspect
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,18 +57,30 @@ def measure(label: str, fft_s: float, func, *args, **kwargs):
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolution", type=float, default=1.0)
-    parser.add_argument("--pipeline", default="default")
-    parser.add_argument("--skip-cli", action="store_true", help="only the per-stage timings")
-    ns = parser.parse_args()
-    recipe = load_recipe(ns.pipeline)
+def cli_run(bids: Path, tmp: Path, pipeline: str, *extra: str) -> tuple[float, float]:
+    """Wall time (s) and peak RSS (GB) of the participant level in a child process."""
+    t0 = time.perf_counter()
+    name = "-".join(["out", *extra]).replace("--", "")
+    cmd = [sys.executable, "-m", "qsm_bids.cli.main", str(bids), str(tmp / name), "participant",
+           "-w", str(tmp / f"work-{name}"), "--pipeline", pipeline, *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # wait4: the resource usage of this child (and its reaped workers) alone
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    wall = time.perf_counter() - t0
+    return wall, usage.ru_maxrss / 1024**2
 
+
+def bench_resolution(resolution: float, recipe, pipeline: str, skip_cli: bool) -> dict:
+    """Per-stage and whole-pipeline timings at one resolution; returns a summary row."""
+    row: dict = {"resolution": resolution}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        bids = simulate_dataset(tmp / "bids", subjects=1, resolution_mm=ns.resolution)
+        print(f"\n## {resolution:g} mm")
+        bids = simulate_dataset(tmp / "bids", subjects=1, resolution_mm=resolution)
         print(f"simulated dataset in {time.perf_counter() - t0:.1f} s")
         run = find_runs(bids)[0]
         data = load_run(run)
@@ -71,12 +92,18 @@ def main() -> None:
             kernels.fftn(x)
         fft_s = (time.perf_counter() - t0) / 3
         print(f"grid {shape}, voxel {data.voxel_size} mm; one complex64 FFT: {fft_s * 1e3:.0f} ms")
+        row.update(voxels=int(np.prod(shape[:3])), echoes=int(shape[3]), fft_s=fft_s)
         print(f"{'stage':<28}{'wall':>10}{'cpu':>10}{'peak':>11}{'':>12}")
+
+        mag_rss = np.sqrt(np.mean(np.square(data.magnitude), axis=-1))
 
         def stage(name):
             choice = recipe[name]
             func = registry.get_function(name, choice.algorithm)
-            return f"{name} ({choice.algorithm})", lambda *a, **k: func(*a, **k, **choice.params)
+            params = {k: v for k, v in choice.params.items() if k != registry.DATA_WEIGHTS}
+            if name == "inversion" and "magnitude" in inspect.signature(func).parameters:
+                params["magnitude"] = mag_rss
+            return f"{name} ({choice.algorithm})", lambda *a, **k: func(*a, **k, **params)
 
         vs, te = data.voxel_size, data.echo_times
         label, f = stage("mask")
@@ -96,15 +123,57 @@ def main() -> None:
         measure(label, fft_s, f, data.magnitude, te, mask)
         del data, unwrapped, field, local, chi
 
-        if ns.skip_cli:
-            return
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "qsm_bids.cli.main", str(bids), str(tmp / "out"),
-               "participant", "-w", str(tmp / "work"), "--pipeline", ns.pipeline]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True)
-        wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        if skip_cli:
+            return row
+        wall, peak = cli_run(bids, tmp, pipeline, "--no-registration")
         print(f"whole participant pipeline (CLI, MultiProc): {wall:.1f} s, peak RSS {peak:.2f} GB")
+        wall_r, peak_r = cli_run(bids, tmp, pipeline)
+        print(
+            f"  with registration + regional statistics: {wall_r:.1f} s "
+            f"(+{wall_r - wall:.1f} s), peak RSS {peak_r:.2f} GB"
+        )
+        row.update(wall=wall, peak=peak, wall_reg=wall_r, peak_reg=peak_r)
+    return row
+
+
+def throughput(n: int, pipeline: str) -> None:
+    """``n`` participants at 2 mm through one MultiProc run on all cores."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bids = simulate_dataset(tmp / "bids", subjects=n, resolution_mm=2.0)
+        for extra in (("--no-registration",), ()):
+            wall, peak = cli_run(bids, tmp, pipeline, *extra)
+            what = "without" if extra else "with"
+            print(
+                f"\nthroughput, {n} participants at 2 mm, MultiProc on all cores, {what} "
+                f"registration: {wall:.0f} s, {3600 * n / wall:.0f} participants/hour, "
+                f"peak RSS {peak:.2f} GB"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    parser.add_argument("--pipeline", default="default")
+    parser.add_argument("--skip-cli", action="store_true", help="only the per-stage timings")
+    parser.add_argument("--throughput", type=int, default=0, metavar="N")
+    ns = parser.parse_args()
+    recipe = load_recipe(ns.pipeline)
+    rows = [bench_resolution(r, recipe, ns.pipeline, ns.skip_cli) for r in ns.resolutions]
+    if not ns.skip_cli and len(rows) > 1:
+        print("\n## Scaling (relative to the coarsest grid)\n")
+        print("| voxel (mm) | voxels x echoes | time (s) | peak RSS (GB) | time ratio | "
+              "memory ratio | size ratio |\n|---|---|---|---|---|---|---|")  # fmt: skip
+        base = rows[-1]
+        for r in rows:
+            size = r["voxels"] * r["echoes"] / (base["voxels"] * base["echoes"])
+            print(
+                f"| {r['resolution']:g} | {r['voxels'] * r['echoes'] / 1e6:.1f} M | "
+                f"{r['wall']:.1f} | {r['peak']:.2f} | {r['wall'] / base['wall']:.2f} | "
+                f"{r['peak'] / base['peak']:.2f} | {size:.2f} |"
+            )
+    if ns.throughput:
+        throughput(ns.throughput, ns.pipeline)
 
 
 if __name__ == "__main__":
