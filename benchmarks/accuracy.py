@@ -1,22 +1,31 @@
-"""Accuracy of each dipole inversion and background removal method on the head phantom.
+"""Accuracy of every dipole inversion, every background removal and the full pipeline.
 
 Usage::
 
-    .venv/bin/python benchmarks/accuracy.py [--resolution 2.0] [--field-strength 3.0]
+    .venv/bin/python benchmarks/accuracy.py [--resolution 1.0] [--field-strengths 3 7]
+        [--noise-ppm 0.001] [--qsm-forward] [--skip-full] [--only-full]
 
-For one simulated subject it reports
+For each built-in head phantom (one subject per field strength, 4-5 echoes, SNR 100) it
+prints Markdown tables for benchmarks/RESULTS.md:
 
-1. dipole inversion alone, given the true local field plus Gaussian noise (ppm): NRMSE %
-   (brain eroded by 3 voxels, both demeaned), worst deep-grey region error (ppm), run time;
-2. background removal alone, given the true total field: local-field NRMSE %;
-3. the full participant pipeline (each built-in recipe) from magnitude and phase.
+1. dipole inversion alone, given the true local field plus Gaussian noise (ppm): NRMSE,
+   detrended NRMSE, HFEN, XSIM (qsm_bids.core.metrics), worst deep-grey error, run time;
+2. background removal alone, given the true total field: local-field NRMSE on each
+   method's own mask (intersected with the brain eroded by 3 voxels) and on one common
+   region for all methods (the intersection of all their masks), run time;
+3. the full participant pipeline from magnitude and phase, for each built-in recipe, and
+   its NRMSE as a multiple of the NRMSE of the same inversion given the true local field.
 
-Results go to stdout as Markdown tables, for benchmarks/RESULTS.md.
+With ``--qsm-forward`` (needs the benchmark-only package ``qsm-forward``) the same full
+pipelines run on the independent simulator's ``simple`` phantom (cylinders of known
+susceptibility, 3 T and 7 T), whose truth is scored the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,84 +38,208 @@ from qsm_bids.cli.participant import run_participant_level
 from qsm_bids.core.kernels import b0_direction, voxel_sizes
 from qsm_bids.core.metrics import evaluation_mask, nrmse
 from qsm_bids.core.physics import hz_to_ppm
-from qsm_bids.evaluate import DEEP_GREY, evaluate_against_truth, evaluate_arrays, read_label_names
+from qsm_bids.evaluate import DEEP_GREY, evaluate_maps, read_label_names
 from qsm_bids.recipe import builtin_recipes, load_recipe
 from qsm_bids.simulate.dataset import simulate_dataset
+
+ECHOES = {3.0: (0.004, 0.010, 0.016, 0.022, 0.028), 7.0: (0.004, 0.010, 0.016, 0.022)}
 
 
 def load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, dtype=np.float32)
 
 
+def _worst_dgm(metrics: dict) -> float:
+    errs = [abs(v["error_ppm"]) for k, v in metrics["regions"].items() if k in DEEP_GREY]
+    return max(errs) if errs else float("nan")
+
+
+def _row(name: str, m: dict, seconds: float, extra: str = "") -> str:
+    return (
+        f"| {name} | {m['nrmse_percent']:.1f} | {m['nrmse_detrended_percent']:.1f} | "
+        f"{m['hfen_percent']:.1f} | {m['xsim']:.3f} | {_worst_dgm(m):.4f} | {seconds:.1f} |" + extra
+    )
+
+
+HEADER = (
+    "| {what} | NRMSE % | detrended NRMSE % | HFEN % | XSIM | worst DGM error (ppm) | "
+    "time (s) |{extra_h}\n|---|---|---|---|---|---|---|{extra_s}"
+)
+
+
+def inversion_table(truth: dict, noise_ppm: float, seed: int) -> dict[str, float]:
+    """Part 1; returns NRMSE per method (for the full-pipeline ratio)."""
+    rng = np.random.default_rng(seed)
+    local = truth["local_ppm"]
+    brain = truth["brain"]
+    noisy = (local + noise_ppm * rng.standard_normal(local.shape)).astype(np.float32) * brain
+    print(f"\n#### Dipole inversion given the true local field (+{noise_ppm} ppm noise)\n")
+    print(HEADER.format(what="method", extra_h="", extra_s=""))
+    out = {}
+    for algo in registry.algorithms("inversion"):
+        func = registry.get_function("inversion", algo)
+        params = registry.resolve("inversion", algo, {})
+        params.pop(registry.DATA_WEIGHTS, None)
+        if "magnitude" in inspect.signature(func).parameters:
+            params["magnitude"] = truth["magnitude"]
+        t0 = time.perf_counter()
+        est = func(noisy, brain, truth["voxel_size"], truth["b0"], **params)
+        sec = time.perf_counter() - t0
+        m = evaluate_maps(est, truth["chi"], brain, truth["labels"], truth["names"])
+        out[algo] = m["nrmse_percent"]
+        print(_row(algo, m, sec))
+    return out
+
+
+def background_table(truth: dict) -> None:
+    """Part 2."""
+    print("\n#### Background removal given the true total field\n")
+    print("| method | local-field NRMSE % (own mask) | NRMSE % (common region) | time (s) |")
+    print("|---|---|---|---|")
+    brain = truth["brain"]
+    results = {}
+    for algo in registry.algorithms("background"):
+        func = registry.get_function("background", algo)
+        params = registry.resolve("background", algo, {})
+        params.pop(registry.DATA_WEIGHTS, None)
+        t0 = time.perf_counter()
+        est, m = func(truth["total_hz"], brain, truth["voxel_size"], truth["b0"], **params)
+        results[algo] = (est, m & brain, time.perf_counter() - t0)
+    common = evaluation_mask(brain, 3)
+    for _, m, _ in results.values():
+        common &= m
+    for algo, (est, m, sec) in results.items():
+        own = nrmse(est, truth["local_hz"], evaluation_mask(m, 3))
+        shared = nrmse(est, truth["local_hz"], common)
+        print(f"| {algo} | {own:.1f} | {shared:.1f} | {sec:.1f} |")
+
+
+def full_table(bids: Path, truth_of, tmp: Path, inversion_only: dict[str, float]) -> None:
+    """Part 3: each built-in recipe through the participant level."""
+    print("\n#### Full pipeline from magnitude and phase\n")
+    extra = " full / inversion-only |" if inversion_only else ""
+    print(HEADER.format(what="recipe", extra_h=extra, extra_s="---|" if extra else ""))
+    for name in builtin_recipes():
+        recipe = load_recipe(name)
+        out = tmp / f"out-{name}"
+        res = run_participant_level(bids, out, recipe, work_dir=tmp / f"w-{name}")
+        if not res.succeeded:
+            print(f"| {name} | failed: {res.failed} |")
+            continue
+        run = res.succeeded[0]
+        anat = out / f"sub-{run.subject}" / "anat"
+        chi = load(anat / f"sub-{run.subject}_Chimap.nii.gz")
+        local_mask = load(anat / f"sub-{run.subject}_desc-local_mask.nii.gz") > 0
+        truth = truth_of(run.subject)
+        m = evaluate_maps(
+            chi, truth["chi"], truth["brain"] & local_mask, truth["labels"], truth["names"]
+        )
+        ratio = ""
+        inv = recipe["inversion"].algorithm
+        if inv in inversion_only:
+            ratio = f" {m['nrmse_percent'] / inversion_only[inv]:.2f} ({inv}) |"
+        print(_row(name, m, res.seconds, ratio))
+
+
+def builtin_truth(bids: Path, subject: str = "01") -> dict:
+    truth_dir = bids / "derivatives" / "qsm_bids-truth"
+    anat = truth_dir / f"sub-{subject}" / "anat"
+    img = nb.load(anat / f"sub-{subject}_Chimap.nii.gz")
+    b0_t = json.loads(
+        next((bids / f"sub-{subject}" / "anat").glob("*_echo-1_*mag*.json")).read_text()
+    )["MagneticFieldStrength"]
+    local_hz = load(anat / f"sub-{subject}_desc-local_fieldmap.nii.gz")
+    mag = load(next((bids / f"sub-{subject}" / "anat").glob("*_echo-1_part-mag_*.nii*")))
+    return {
+        "chi": load(anat / f"sub-{subject}_Chimap.nii.gz"),
+        "brain": load(anat / f"sub-{subject}_desc-brain_mask.nii.gz") > 0,
+        "labels": load(anat / f"sub-{subject}_dseg.nii.gz").astype(np.int32),
+        "names": read_label_names(truth_dir / "dseg.tsv"),
+        "total_hz": load(anat / f"sub-{subject}_desc-total_fieldmap.nii.gz"),
+        "local_hz": local_hz,
+        "local_ppm": hz_to_ppm(local_hz, b0_t).astype(np.float32),
+        "magnitude": mag,
+        "voxel_size": voxel_sizes(img.affine),
+        "b0": tuple(b0_direction(img.affine)),
+    }
+
+
+def qsm_forward_dataset(root: Path, field_strength: float) -> tuple[Path, dict]:
+    """The independent simulator's 'simple' phantom as BIDS, and its truth."""
+    import qsm_forward as qf
+
+    tissue = qf.TissueParams(
+        chi=qf.generate_susceptibility_phantom(
+            resolution=[100, 100, 100],
+            background=0,
+            large_cylinder_val=0.005,
+            small_cylinder_radii=[4, 4, 4, 7],
+            small_cylinder_vals=[0.05, 0.1, 0.2, 0.5],
+        )
+    )
+    recon = qf.ReconParams(
+        subject="1",
+        random_seed=42,
+        suffix="MEGRE",
+        B0=field_strength,
+        TEs=np.array(ECHOES[field_strength]),
+        peak_snr=100,
+    )
+    bids = root / f"qsmforward-{field_strength:g}T"
+    qf.generate_bids(tissue, recon, str(bids), save_field=True)
+    anat = bids / "derivatives" / "qsm-forward" / "sub-1" / "anat"
+    chi = load(anat / "sub-1_Chimap.nii")
+    labels = np.zeros(chi.shape, np.int32)
+    names = {}
+    for k, v in enumerate((0.005, 0.05, 0.1, 0.2, 0.5), start=1):
+        labels[np.isclose(chi, v, atol=1e-4)] = k
+        names[k] = f"chi_{v:g}"
+    return bids, {
+        "chi": chi,
+        "brain": load(anat / "sub-1_mask.nii") > 0.5,
+        "labels": labels,
+        "names": names,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolution", type=float, default=2.0)
-    parser.add_argument("--field-strength", type=float, default=3.0)
+    parser.add_argument("--resolution", type=float, default=1.0)
+    parser.add_argument("--field-strengths", type=float, nargs="+", default=[3.0, 7.0])
     parser.add_argument("--noise-ppm", type=float, default=0.001, help="local field noise SD")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--qsm-forward", action="store_true")
+    parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--only-full", action="store_true")
     ns = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bids = simulate_dataset(
-            tmp / "bids",
-            resolution_mm=ns.resolution,
-            field_strength_t=ns.field_strength,
-            seed=ns.seed,
-        )
-        truth_dir = bids / "derivatives" / "qsm_bids-truth"
-        anat = truth_dir / "sub-01" / "anat"
-        img = nb.load(anat / "sub-01_Chimap.nii.gz")
-        vs, b0 = voxel_sizes(img.affine), tuple(b0_direction(img.affine))
-        chi = load(anat / "sub-01_Chimap.nii.gz")
-        brain = load(anat / "sub-01_desc-brain_mask.nii.gz") > 0
-        labels = load(anat / "sub-01_dseg.nii.gz").astype(np.int32)
-        names = read_label_names(truth_dir / "dseg.tsv")
-        total = load(anat / "sub-01_desc-total_fieldmap.nii.gz")
-        local = load(anat / "sub-01_desc-local_fieldmap.nii.gz")
-        print(
-            f"phantom {chi.shape} at {ns.resolution} mm, {ns.field_strength} T; "
-            f"local-field noise {ns.noise_ppm} ppm"
-        )
-
-        rng = np.random.default_rng(ns.seed)
-        local_ppm = hz_to_ppm(local, ns.field_strength).astype(np.float32)
-        noisy = (local_ppm + ns.noise_ppm * rng.standard_normal(local.shape)).astype(np.float32)
-        noisy *= brain
-        print("\n### Dipole inversion given the true local field\n")
-        print("| method | NRMSE % | worst DGM error (ppm) | time (s) |\n|---|---|---|---|")
-        for algo in registry.algorithms("inversion"):
-            func = registry.get_function("inversion", algo)
-            t0 = time.perf_counter()
-            est = func(noisy, brain, vs, b0, **registry.resolve("inversion", algo, {}))
-            sec = time.perf_counter() - t0
-            ev = evaluate_arrays(est, chi, brain, labels, names)
-            worst = max(abs(v) for k, v in ev.region_errors().items() if k in DEEP_GREY)
-            print(f"| {algo} | {ev.nrmse_percent:.1f} | {worst:.4f} | {sec:.1f} |")
-
-        print("\n### Background removal given the true total field\n")
-        print("| method | local-field NRMSE % | time (s) |\n|---|---|---|")
-        for algo in registry.algorithms("background"):
-            func = registry.get_function("background", algo)
-            t0 = time.perf_counter()
-            est, m = func(total, brain, vs, b0, **registry.resolve("background", algo, {}))
-            sec = time.perf_counter() - t0
-            e = nrmse(est, local, evaluation_mask(m & brain))
-            print(f"| {algo} | {e:.1f} | {sec:.1f} |")
-
-        print("\n### Full pipeline from magnitude and phase\n")
-        print("| recipe | NRMSE % | worst DGM error (ppm) | time (s) |\n|---|---|---|---|")
-        for name in builtin_recipes():
-            out = tmp / f"out-{name}"
-            res = run_participant_level(bids, out, load_recipe(name), work_dir=tmp / f"w-{name}")
-            run = res.succeeded[0]
-            d = out / "sub-01" / "anat"
-            ev = evaluate_against_truth(
-                d / "sub-01_Chimap.nii.gz", truth_dir, run.subject,
-                mask=d / "sub-01_desc-local_mask.nii.gz",
-            )  # fmt: skip
-            worst = max(abs(v) for k, v in ev.region_errors().items() if k in DEEP_GREY)
-            print(f"| {name} | {ev.nrmse_percent:.1f} | {worst:.4f} | {res.seconds:.0f} |")
+        for b0 in ns.field_strengths:
+            bids = simulate_dataset(
+                tmp / f"bids-{b0:g}T",
+                resolution_mm=ns.resolution,
+                field_strength_t=b0,
+                echo_times_s=ECHOES[b0],
+                snr=100.0,
+                seed=ns.seed,
+            )
+            truth = builtin_truth(bids)
+            print(
+                f"\n### Built-in head phantom, {ns.resolution:g} mm, {b0:g} T, "
+                f"{len(ECHOES[b0])} echoes, grid {truth['chi'].shape}"
+            )
+            inv = {}
+            if not ns.only_full:
+                inv = inversion_table(truth, ns.noise_ppm, ns.seed)
+                background_table(truth)
+            if not ns.skip_full:
+                full_table(bids, lambda s, b=bids: builtin_truth(b, s), tmp / f"run-{b0:g}", inv)
+        if ns.qsm_forward:
+            for b0 in ns.field_strengths:
+                bids, truth = qsm_forward_dataset(tmp, b0)
+                print(f"\n### qsm-forward 'simple' phantom, {b0:g} T, grid {truth['chi'].shape}")
+                full_table(bids, lambda s, t=truth: t, tmp / f"qf-{b0:g}", {})
 
 
 if __name__ == "__main__":

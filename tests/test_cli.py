@@ -95,7 +95,7 @@ def test_a_failing_run_is_summarised_in_one_line_with_exit_code_1(tmp_path, caps
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--pipeline", str(tmp_path / "r.toml"),
                  "--reference-mask", str(tmp_path / "ref.nii.gz"),
-                 "-w", str(tmp_path / "work")])  # fmt: skip
+                 "-w", str(tmp_path / "work"), "--no-registration"])  # fmt: skip
     assert code == 1
     failed = [ln for ln in capsys.readouterr().err.splitlines() if "FAILED sub-01:" in ln]
     assert failed and "does not overlap" in failed[0] and "crash-" in failed[0]
@@ -112,7 +112,7 @@ def test_a_participant_with_a_corrupt_file_is_skipped_and_the_others_run(tmp_pat
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--pipeline", "fast",
-                 "-w", str(tmp_path / "work")])  # fmt: skip
+                 "-w", str(tmp_path / "work"), "--no-registration"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     assert "SKIPPED sub-02" in err and str(bad) in err

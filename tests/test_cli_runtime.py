@@ -42,7 +42,15 @@ def test_network_is_refused_in_tests():
 
 def test_quiet_run_writes_a_log_file_and_bidsignore(bids, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [str(bids), str(out), "participant", "--participant-label", "01", "-q"]
+    args = [
+        str(bids),
+        str(out),
+        "participant",
+        "--participant-label",
+        "01",
+        "-q",
+        "--no-registration",
+    ]
     assert main([*args, "-w", str(tmp_path / "w")]) == 0
     err = capsys.readouterr().err
     assert "done (" not in err  # no progress lines with -q
@@ -65,7 +73,7 @@ def test_too_little_memory_is_refused_before_anything_is_written(bids, tmp_path,
 
 def _command(bids: Path, out: Path, work: Path, label: str) -> list[str]:
     return [*QSM_BIDS, str(bids), str(out), "participant", "--participant-label", label,
-            "-w", str(work), "--nprocs", "1"]  # fmt: skip
+            "--no-registration", "-w", str(work), "--nprocs", "1"]  # fmt: skip
 
 
 def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_result(bids, tmp_path):

@@ -123,7 +123,16 @@ def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=4.0, seed=3)
     out = root / "out"
-    args = [str(bids), str(out), "participant", "-w", str(root / "work"), "--nprocs", "1"]
+    args = [
+        str(bids),
+        str(out),
+        "participant",
+        "-w",
+        str(root / "work"),
+        "--nprocs",
+        "1",
+        "--no-registration",
+    ]
     code = main([*args, "--pipeline", "fast"])
     assert code == 0
     _add_optional_derivatives(bids, out)

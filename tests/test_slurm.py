@@ -57,7 +57,7 @@ def _chimap(out: Path, sub: str) -> np.ndarray:
 
 @pytest.mark.parametrize("plugin", ["SLURM", "SLURMGraph"])
 def test_batch_plugin_matches_multiproc(slurm, dataset, tmp_path, plugin):
-    common = ["--participant-label", "01", "--nprocs", "1"]
+    common = ["--participant-label", "01", "--nprocs", "1", "--no-registration"]
     ref = tmp_path / "multiproc"
     assert main([str(dataset), str(ref), "participant", "-w", str(tmp_path / "w1"), *common]) == 0
     out = tmp_path / plugin

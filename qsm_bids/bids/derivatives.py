@@ -461,7 +461,7 @@ def sidecar_for(
         ``{"Units": ..., "SkullStripped": ..., "Sources": ["bids:raw:sub-01/anat/...",
         ...], **provenance}``.
     """
-    files = list(sources) if sources is not None else [*run.phase_files, *run.magnitude_files]
+    files = list(sources) if sources is not None else list(run.files)
     side: dict[str, Any] = {}
     if units is not None:
         side["Units"] = units

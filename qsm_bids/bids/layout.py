@@ -1,17 +1,36 @@
 """Find the multi-echo GRE runs of a BIDS dataset and read their metadata.
 
-A run is the set of ``sub-<label>/[ses-<label>/]anat/*_echo-<n>_part-{mag,phase}_MEGRE``
-(or ``_T2starw``) images that share subject, session, acquisition, run and every other
-entity except ``echo`` and ``part``. Metadata is read through pybids, so sidecars
-inherited from the subject, session or dataset level are honoured.
+A run is the set of ``sub-<label>/[ses-<label>/]anat/*_MEGRE`` (or ``_T2starw``) images
+that share subject, session, acquisition, run and every other entity except ``echo`` and
+``part``. Supported layouts (``.nii`` or ``.nii.gz``; sessions optional):
+
+* one 3D file per echo and part: ``..._echo-<n>_part-phase_MEGRE`` (+ ``part-mag``);
+* one 4D file per part holding every echo along the 4th axis, without an ``echo``
+  entity: ``..._part-phase_MEGRE`` with a sidecar ``EchoTime`` listing one time per
+  volume (a single 3D file without ``echo`` and with one ``EchoTime`` is a single echo);
+* real and imaginary parts (``part-real`` + ``part-imag``) instead of magnitude and phase;
+  they are converted to magnitude and phase when the run is loaded;
+* phase without magnitude (phase-only processing);
+* magnitude without a ``part`` entity next to ``part-phase`` images (used, with a note).
+
+Metadata is read through pybids, so sidecars inherited from the subject, session or
+dataset level are honoured.
 
 Indexing keeps the input dataset untouched (the pybids database lives in memory), skips
 every data type folder other than ``anat/`` and reads metadata only for MEGRE/T2starw
 images, so it stays fast on large datasets.
+
+Problems are reported as :class:`~qsm_bids.errors.QSMInputError` naming the offending
+file. Problems of the whole dataset (missing, empty or not BIDS, unknown participant or
+session label, no phase data at all) always raise; problems of one run (missing or bad
+``EchoTime``, no field strength, echoes that do not pair up, ...) raise too, unless
+:func:`find_runs` is given an ``invalid`` dict, which then collects them per run so that
+the other runs can go on.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +42,9 @@ from qsm_bids.errors import QSMInputError
 
 #: Raw suffixes that carry multi-echo GRE phase.
 SUFFIXES: tuple[str, ...] = ("MEGRE", "T2starw")
+
+#: ``part`` labels read from the dataset.
+PARTS: tuple[str, ...] = ("phase", "mag", "real", "imag")
 
 #: Entities that identify a run, as (pybids name, BIDS key), in the BIDS filename order.
 #: ``echo`` and ``part`` are left out: they vary within a run.
@@ -45,13 +67,21 @@ RUN_ENTITIES: tuple[tuple[str, str], ...] = (
 
 #: Echo times above this (in the sidecar's unit) are taken to be milliseconds.
 _MAX_ECHO_TIME_S = 1.0
+#: Echo times above this (s) are implausible for a gradient echo (T2* of tissue < 0.1 s).
+_MAX_PLAUSIBLE_ECHO_TIME_S = 0.25
 #: Plausible static field strengths (T).
 _FIELD_RANGE_T = (0.05, 25.0)
+#: Largest difference (s) accepted between the EchoTime of two parts of one echo.
+_ECHO_TIME_ATOL_S = 1e-5
 
 
 @dataclass(frozen=True)
 class Run:
     """One multi-echo GRE acquisition: its files and the metadata that QSM needs.
+
+    There is one entry per echo in ``phase_files`` (and ``magnitude_files``): a 4D file
+    holding every echo is repeated once per echo, and ``phase_volumes`` (or
+    ``magnitude_volumes``) gives the index of each echo along its 4th axis.
 
     Attributes
     ----------
@@ -60,9 +90,11 @@ class Run:
     suffix : str
         ``"MEGRE"`` or ``"T2starw"``.
     phase_files : tuple of Path
-        Phase images, sorted by echo number.
+        Phase image of each echo, in echo order. For ``parts == "real-imag"``: the real
+        part of each echo.
     magnitude_files : tuple of Path
-        Magnitude images in the same echo order, or empty for phase-only data.
+        Magnitude image of each echo in the same order, or empty for phase-only data. For
+        ``parts == "real-imag"``: the imaginary part of each echo.
     echo_times : tuple of float
         Echo times in s, strictly increasing.
     field_strength : float
@@ -74,6 +106,14 @@ class Run:
         Things the user should know (e.g. field strength derived from ImagingFrequency).
     phase_units : str
         The phase sidecar's ``Units`` (lower case), or ``""`` when absent.
+    phase_volumes : tuple of int, default ()
+        For a 4D phase (or real) file: the 0-based index of each echo along its 4th axis
+        (one per echo). Empty when every file holds one 3D echo.
+    magnitude_volumes : tuple of int, default ()
+        The same for the magnitude (or imaginary) files.
+    parts : str, default "mag-phase"
+        ``"mag-phase"`` or ``"real-imag"`` (complex data stored as real and imaginary parts,
+        converted to magnitude and phase by :func:`qsm_bids.bids.load.load_run`).
     """
 
     subject: str
@@ -88,6 +128,24 @@ class Run:
     entities: dict = field(default_factory=dict, hash=False, compare=True)
     warnings: tuple[str, ...] = ()
     phase_units: str = ""
+    phase_volumes: tuple[int, ...] = ()
+    magnitude_volumes: tuple[int, ...] = ()
+    parts: str = "mag-phase"
+
+    def __post_init__(self) -> None:
+        # lists (e.g. from a JSON round trip) become tuples: the run stays hashable
+        conv = {
+            "phase_files": lambda v: tuple(Path(p) for p in v),
+            "magnitude_files": lambda v: tuple(Path(p) for p in v),
+            "echo_times": lambda v: tuple(float(t) for t in v),
+            "warnings": lambda v: tuple(str(w) for w in v),
+            "phase_volumes": lambda v: tuple(int(i) for i in v),
+            "magnitude_volumes": lambda v: tuple(int(i) for i in v),
+        }
+        for name, fn in conv.items():
+            object.__setattr__(self, name, fn(getattr(self, name)))
+        if self.parts not in ("mag-phase", "real-imag"):
+            raise ValueError(f"Run.parts must be 'mag-phase' or 'real-imag', not {self.parts!r}")
 
     @property
     def name(self) -> str:
@@ -97,8 +155,18 @@ class Run:
 
     @property
     def has_magnitude(self) -> bool:
-        """Whether magnitude images are available."""
+        """Whether magnitude images are available (or computed from real/imaginary parts)."""
         return bool(self.magnitude_files)
+
+    @property
+    def n_echoes(self) -> int:
+        """Number of echoes."""
+        return len(self.echo_times)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every distinct input image of the run, phase (or real) first."""
+        return tuple(dict.fromkeys((*self.phase_files, *self.magnitude_files)))
 
 
 def _fallback_entities(run: Run) -> dict[str, str]:
@@ -127,7 +195,27 @@ def _check_dataset(bids_dir: Path) -> Path:
     return bids_dir.resolve()
 
 
-def _make_layout(bids_dir: Path) -> Any:
+def _bad_sidecars(bids_dir: Path) -> dict[Path, str]:
+    """MEGRE/T2starw JSON sidecars (at the dataset, subject, session or anat level) that
+    are not valid JSON objects: {path: problem}."""
+    patterns = ("*.json", "sub-*/*.json", "sub-*/ses-*/*.json")
+    patterns += ("sub-*/anat/*.json", "sub-*/ses-*/anat/*.json")
+    bad = {}
+    for pattern in patterns:
+        for path in bids_dir.glob(pattern):
+            if not path.name.endswith(tuple(f"{s}.json" for s in SUFFIXES)):
+                continue
+            try:
+                value = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                bad[path] = f"cannot read the JSON sidecar: {type(exc).__name__}: {exc}"
+                continue
+            if not isinstance(value, dict):
+                bad[path] = "the JSON sidecar is not a JSON object ({...})"
+    return bad
+
+
+def _make_layout(bids_dir: Path, exclude: Iterable[Path] = ()) -> Any:
     """An in-memory pybids layout that indexes only what QSM needs."""
     import bids
     from bids.layout import BIDSLayoutIndexer
@@ -143,12 +231,44 @@ def _make_layout(bids_dir: Path) -> Any:
         # they may be inherited sidecars)
         re.compile(r"^/sub-[^/]+/(ses-[^/]+/)?(?!anat(/|$)|ses-)[^/.]+(/|$)"),
     ]
+    ignore += [
+        re.compile("^/" + re.escape(p.relative_to(bids_dir).as_posix()) + "$") for p in exclude
+    ]
     # metadata is indexed only for the files passed as filters to the indexer
     indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, suffix=list(SUFFIXES))
     try:
         return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
     except Exception as exc:  # pybids raises assorted errors on malformed datasets
         raise QSMInputError(bids_dir, f"pybids cannot index the dataset: {exc}") from exc
+
+
+def _index(bids_dir: Path) -> tuple[Any, dict[Path, str]]:
+    """(pybids layout, {unreadable sidecar: problem}); unreadable sidecars are left out of
+    the index so that only the runs they apply to fail."""
+    try:
+        return _make_layout(bids_dir), {}
+    except QSMInputError:
+        bad = _bad_sidecars(bids_dir)
+        if not bad:
+            raise
+    return _make_layout(bids_dir, bad), bad
+
+
+def _name_entities(name: str) -> tuple[set[str], str]:
+    """({"key-value", ...}, suffix) of a BIDS file name."""
+    stem = name.split(".")[0]
+    *pairs, suffix = stem.split("_")
+    return set(pairs), suffix
+
+
+def _sidecar_applies(sidecar: Path, image: Path) -> bool:
+    """Whether ``sidecar`` is one of the JSON files that the inheritance principle applies
+    to ``image`` (same suffix, a subset of its entities, in the same or a parent folder)."""
+    if sidecar.parent not in (image.parent, *image.parents):
+        return False
+    s_ents, s_suffix = _name_entities(sidecar.name)
+    i_ents, i_suffix = _name_entities(image.name)
+    return s_suffix == i_suffix and s_ents <= i_ents
 
 
 def _get_metadata(layout: Any, path: Path) -> dict:
@@ -158,29 +278,77 @@ def _get_metadata(layout: Any, path: Path) -> dict:
         raise QSMInputError(path, f"cannot read the JSON sidecar metadata: {exc}") from exc
 
 
-def _echo_time(meta: Mapping[str, Any], path: Path) -> float:
-    value = meta.get("EchoTime")
-    if value is None:
-        raise QSMInputError(
-            path,
-            "missing EchoTime (s) in its JSON sidecar (or an inherited one); "
-            "it is required for MEGRE",
-        )
-    if isinstance(value, list):
-        if len(value) != 1:
-            raise QSMInputError(path, f"EchoTime is a list {value}; expected one number")
-        value = value[0]
+def _run_name(entities: Mapping[str, str]) -> str:
+    return "_".join(f"{k}-{v}" for k, v in entities.items())
+
+
+def _echo_time_value(value: Any, path: Path) -> float:
+    """One echo time (s) from a sidecar value, with clear errors for likely mistakes."""
     try:
         te = float(value)
     except (TypeError, ValueError):
         raise QSMInputError(path, f"EchoTime {value!r} is not a number") from None
+    if te != te or te in (float("inf"), float("-inf")):
+        raise QSMInputError(path, f"EchoTime {value!r} is not a finite number")
     if not te > 0:
         raise QSMInputError(path, f"EchoTime {value} must be positive (in seconds)")
     if te > _MAX_ECHO_TIME_S:
         raise QSMInputError(
-            path, f"EchoTime {value:g} looks like milliseconds; BIDS requires seconds"
+            path,
+            f"EchoTime {te:g} looks like milliseconds; BIDS requires seconds "
+            f"({te:g} ms = {te / 1000:g} s: write {te / 1000:g} in the JSON sidecar)",
+        )
+    if te > _MAX_PLAUSIBLE_ECHO_TIME_S:
+        raise QSMInputError(
+            path,
+            f"EchoTime {te:g} s is implausibly long for a gradient echo (more than "
+            f"{_MAX_PLAUSIBLE_ECHO_TIME_S:g} s); if it is in milliseconds write {te / 1000:g}",
         )
     return te
+
+
+def _missing_echo_time(path: Path) -> QSMInputError:
+    return QSMInputError(
+        path,
+        "missing EchoTime (s) in its JSON sidecar (or an inherited one); it is required for MEGRE",
+    )
+
+
+def _echo_time(meta: Mapping[str, Any], path: Path) -> float:
+    """The single echo time (s) of a file that holds one echo."""
+    value = meta.get("EchoTime")
+    if value is None:
+        raise _missing_echo_time(path)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise QSMInputError(
+                path,
+                f"EchoTime is a list {value} but the file has an echo-<n> entity (one echo); "
+                "expected one number",
+            )
+        value = value[0]
+    return _echo_time_value(value, path)
+
+
+def _echo_time_list(meta: Mapping[str, Any], path: Path) -> tuple[float, ...]:
+    """Echo times (s) of a file without an ``echo`` entity: one number or a list (4D)."""
+    value = meta.get("EchoTime")
+    if value is None:
+        raise _missing_echo_time(path)
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise QSMInputError(path, "EchoTime is an empty list")
+    return tuple(_echo_time_value(v, path) for v in values)
+
+
+def _check_increasing(echo_times: list[float] | tuple[float, ...], paths: list[Path]) -> None:
+    for i in range(1, len(echo_times)):
+        if not echo_times[i] > echo_times[i - 1]:
+            raise QSMInputError(
+                paths[i],
+                f"echo times are not strictly increasing with echo number "
+                f"({', '.join(f'{t:g}' for t in echo_times)} s)",
+            )
 
 
 def _field_strength(meta: Mapping[str, Any], path: Path) -> tuple[float, str | None]:
@@ -244,8 +412,10 @@ def find_runs(
     bids_dir: Path,
     participant_labels: list[str] | None = None,
     session_labels: list[str] | None = None,
+    *,
+    invalid: dict[str, str] | None = None,
 ) -> list[Run]:
-    """Find every multi-echo GRE run with phase in a BIDS dataset.
+    """Find every multi-echo GRE run with phase (or real and imaginary parts) in a dataset.
 
     Parameters
     ----------
@@ -256,24 +426,34 @@ def find_runs(
         for all.
     session_labels : list of str or None, default None
         Sessions to process, with or without the ``ses-`` prefix; ``None`` or empty for all.
+    invalid : dict or None, default None
+        ``None``: a problem with any run raises. A dict: a run with a problem (see Raises)
+        is left out and recorded as ``invalid[run name] = "<file>: <problem>"`` (a
+        requested participant without GRE data as ``invalid["sub-<label>"]``), so that
+        the other runs can go on. Dataset-level problems raise in both cases.
 
     Returns
     -------
     list of Run
-        Sorted by subject, session, acquisition, run and suffix. Echo times are in s,
-        the field strength in T.
+        The valid runs, sorted by subject, session, acquisition, run and suffix. Echo times
+        are in s, the field strength in T.
 
     Raises
     ------
     QSMInputError
-        If ``bids_dir`` is missing or not a BIDS dataset; no phase data is found (or none
-        for a requested participant); a participant or session label is not in the
-        dataset; an echo lacks ``EchoTime``, has it in ms, or echo times are not strictly
-        increasing; both ``MagneticFieldStrength`` and ``ImagingFrequency`` are missing;
-        the magnitude echoes do not match the phase echoes; an echo appears twice.
+        Dataset level (always): ``bids_dir`` is missing, empty or not a BIDS dataset; no
+        phase data is found (or none for any requested participant); a participant or
+        session label is not in the dataset. Run level (only when ``invalid`` is
+        ``None``): a requested participant has no GRE data; an echo lacks ``EchoTime``,
+        has a negative one or one in ms, or echo times are not strictly increasing; a 4D
+        file's ``EchoTime`` list differs between parts; both ``MagneticFieldStrength``
+        and ``ImagingFrequency`` are missing; the magnitude echoes do not match the phase
+        echoes; an echo appears twice; a ``part-real`` image has no ``part-imag`` partner.
     """
+    from bids.layout import Query
+
     bids_dir = _check_dataset(bids_dir)
-    layout = _make_layout(bids_dir)
+    layout, bad_sidecars = _index(bids_dir)
 
     # labels are checked against the folders (a participant without anat/ data is known)
     all_subjects = sorted({p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir()})
@@ -290,47 +470,64 @@ def find_runs(
         query["subject"] = subjects
     if sessions is not None:
         query["session"] = sessions
-    phase_files = layout.get(part="phase", **query)
-    mag_files = layout.get(part="mag", **query)
 
-    if not phase_files:
+    groups: dict[tuple, dict[str, list]] = {}
+    no_part = layout.get(part=Query.NONE, **query)
+    for f in [*layout.get(part=list(PARTS), **query), *no_part]:
+        ents = f.get_entities()
+        key = tuple((short, str(ents[name])) for name, short in RUN_ENTITIES if name in ents) + (
+            ("suffix", ents["suffix"]),
+        )
+        parts = groups.setdefault(key, {p: [] for p in (*PARTS, "none")})
+        parts[str(ents.get("part", "none"))].append(f)
+    # magnitude-only groups are not usable for QSM
+    groups = {k: v for k, v in groups.items() if v["phase"] or v["real"] or v["imag"]}
+
+    if not groups:
         raise QSMInputError(
             bids_dir,
             "no multi-echo GRE phase images found: expected "
             "sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>]_echo-<n>_part-phase"
-            "_MEGRE.nii[.gz] (or _T2starw)"
+            "_MEGRE.nii[.gz] (or _T2starw, or one 4D _part-phase_MEGRE file, or "
+            "part-real/part-imag)"
             + (f" for participant(s) {', '.join(subjects)}" if subjects else "")
             + (f" in session(s) {', '.join(sessions)}" if sessions else ""),
         )
     if subjects:
-        found = {f.entities["subject"] for f in phase_files}
+        found = {dict(k)["sub"] for k in groups}
         lacking = [s for s in subjects if s not in found]
         if lacking:
-            raise QSMInputError(
+            err = QSMInputError(
                 bids_dir / f"sub-{lacking[0]}",
                 f"no MEGRE/T2starw phase images for participant(s) {', '.join(lacking)}",
             )
-
-    groups: dict[tuple, dict[str, list]] = {}
-    for part, files in (("phase", phase_files), ("mag", mag_files)):
-        for f in files:
-            ents = f.get_entities()
-            key = tuple(
-                (short, str(ents[name])) for name, short in RUN_ENTITIES if name in ents
-            ) + (("suffix", ents["suffix"]),)
-            groups.setdefault(key, {"phase": [], "mag": []})[part].append(f)
+            if invalid is None:
+                raise err
+            for s in lacking:
+                invalid[f"sub-{s}"] = str(
+                    QSMInputError(bids_dir / f"sub-{s}", "no MEGRE/T2starw phase images")
+                )
 
     runs = []
-    for key, parts in groups.items():
-        if not parts["phase"]:
-            continue  # magnitude without phase: not usable for QSM
-        runs.append(_build_run(layout, dict(key), parts["phase"], parts["mag"]))
+    for key in sorted(groups):
+        try:
+            images = [Path(f.path) for files in groups[key].values() for f in files]
+            for side, problem in bad_sidecars.items():
+                user = next((im for im in images if _sidecar_applies(side, im)), None)
+                if user is not None:
+                    raise QSMInputError(side, f"{problem} (it applies to {user.name})")
+            runs.append(_build_run(layout, dict(key), groups[key]))
+        except QSMInputError as exc:
+            if invalid is None:
+                raise
+            ents = {k: v for k, v in key if k != "suffix"}
+            invalid[_run_name(ents)] = str(exc)
     runs.sort(
         key=lambda r: (
             r.subject,
             r.session or "",
             r.acquisition or "",
-            int(r.run) if r.run else -1,
+            int(r.run) if r.run and r.run.isdigit() else -1,
             r.suffix,
             r.name,
         )
@@ -338,8 +535,9 @@ def find_runs(
     return runs
 
 
-def _sort_by_echo(files: list, what: str) -> list[tuple[int, Path]]:
-    """(echo number, path) sorted by echo; a missing echo entity is allowed for one file."""
+def _sort_by_echo(files: list, what: str) -> list[tuple[int | None, Path]]:
+    """(echo number, path) sorted by echo; one file without an echo entity gives
+    ``[(None, path)]`` (a single echo or a 4D file of every echo)."""
     out = []
     for f in files:
         echo = f.get_entities().get("echo")
@@ -347,10 +545,14 @@ def _sort_by_echo(files: list, what: str) -> list[tuple[int, Path]]:
     if any(e is None for e, _ in out):
         if len(out) > 1:
             path = next(p for e, p in out if e is None)
+            others = [p.name for e, p in out if p != path]
             raise QSMInputError(
-                path, f"{what} image without an echo-<n> entity in a run with several images"
+                path,
+                f"{what} image without an echo-<n> entity in a run with several {what} "
+                f"images ({', '.join(others)}); use either one file per echo with echo-<n> "
+                "or one 4D file of every echo without it",
             )
-        return [(1, out[0][1])]
+        return [(None, out[0][1])]
     out.sort()
     for (e1, p1), (e2, p2) in zip(out, out[1:], strict=False):
         if e1 == e2:
@@ -358,60 +560,99 @@ def _sort_by_echo(files: list, what: str) -> list[tuple[int, Path]]:
     return out
 
 
-def _build_run(layout: Any, key: dict[str, str], phase: list, mag: list) -> Run:
+@dataclass
+class _Part:
+    """The echoes of one part of a run: files, 4D volume indices and echo numbers."""
+
+    files: list[Path]
+    volumes: list[int]  # empty: one 3D file per echo
+    numbers: list[int]  # echo numbers (1..n for a 4D file)
+    stacked: bool  # one file without an echo entity
+
+
+def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
     suffix = key.pop("suffix")
     entities = dict(key)
-    phase_sorted = _sort_by_echo(phase, "phase")
-    mag_sorted = _sort_by_echo(mag, "magnitude") if mag else []
+    name = f"{_run_name(entities)}_{suffix}"
     warnings: list[str] = []
 
-    if mag_sorted:
-        if len(mag_sorted) != len(phase_sorted):
-            raise QSMInputError(
-                phase_sorted[0][1].parent,
-                f"run {'_'.join(f'{k}-{v}' for k, v in entities.items())}_{suffix} has "
-                f"{len(phase_sorted)} phase but {len(mag_sorted)} magnitude echoes",
+    if parts["phase"]:
+        kind, pname, sname = "mag-phase", "phase", "magnitude"
+        primary, secondary = parts["phase"], parts["mag"]
+        if not secondary and parts["none"]:
+            secondary = parts["none"]
+            warnings.append(
+                "magnitude taken from the images without a part- entity "
+                f"({Path(secondary[0].path).name}, ...); BIDS names them part-mag"
             )
-        for (ep, pp), (em, pm) in zip(phase_sorted, mag_sorted, strict=True):
-            if ep != em:
-                raise QSMInputError(
-                    pm, f"magnitude echo {em} does not match phase echo {ep} ({pp.name})"
-                )
+        if parts["real"] or parts["imag"]:
+            warnings.append("part-real/part-imag images ignored: part-mag/part-phase are used")
     else:
+        kind, pname, sname = "real-imag", "real", "imaginary"
+        if not parts["real"] or not parts["imag"]:
+            have, lack = ("real", "imag") if parts["real"] else ("imag", "real")
+            raise QSMInputError(
+                Path(parts[have][0].path),
+                f"part-{have} image without part-{lack} images (and no part-phase): the "
+                "complex signal needs both the real and the imaginary part",
+            )
+        primary, secondary = parts["real"], parts["imag"]
+        warnings.append(
+            "real and imaginary images: magnitude and phase are computed from them at load"
+        )
+
+    p_sorted = _sort_by_echo(primary, pname)
+    s_sorted = _sort_by_echo(secondary, sname) if secondary else []
+
+    # echo times of the primary part (phase or real), with the other part as a fallback
+    metas: list[dict] = []
+    echo_times: list[float]
+    if p_sorted[0][0] is None:
+        path = p_sorted[0][1]
+        meta = _get_metadata(layout, path)
+        if "EchoTime" not in meta and s_sorted:
+            other = _get_metadata(layout, s_sorted[0][1])
+            if "EchoTime" in other:
+                meta = {**other, **meta}
+                warnings.append(f"EchoTime of {path.name} taken from the {sname} sidecar")
+        echo_times = list(_echo_time_list(meta, path))
+        n = len(echo_times)
+        prim = _Part([path] * n, list(range(n)) if n > 1 else [], list(range(1, n + 1)), True)
+        metas.append(meta)
+        _check_increasing(echo_times, [path] * n)
+    else:
+        echo_times = []
+        paths = [p for _, p in p_sorted]
+        for i, path in enumerate(paths):
+            meta = _get_metadata(layout, path)
+            if "EchoTime" not in meta and len(s_sorted) == len(p_sorted):
+                other = _get_metadata(layout, s_sorted[i][1])
+                if "EchoTime" in other:
+                    meta = {**other, **meta}
+                    warnings.append(f"EchoTime of {path.name} taken from the {sname} sidecar")
+            metas.append(meta)
+            echo_times.append(_echo_time(meta, path))
+        n = len(paths)
+        prim = _Part(paths, [], [e for e, _ in p_sorted], False)
+        _check_increasing(echo_times, paths)
+
+    sec = _Part([], [], [], False)
+    if s_sorted:
+        sec = _secondary_part(layout, s_sorted, prim, echo_times, name, pname, sname)
+    elif kind == "mag-phase":
         warnings.append(
             "no magnitude images: phase-only processing (masking and echo weighting degraded)"
         )
 
-    echo_times = []
-    metas = []
-    for i, (_, path) in enumerate(phase_sorted):
-        meta = _get_metadata(layout, path)
-        if "EchoTime" not in meta and mag_sorted:
-            mag_meta = _get_metadata(layout, mag_sorted[i][1])
-            if "EchoTime" in mag_meta:
-                meta = {**mag_meta, **meta}
-                warnings.append(f"EchoTime of {path.name} taken from the magnitude sidecar")
-        metas.append(meta)
-        echo_times.append(_echo_time(meta, path))
-    for (t1, t2), (_, path) in zip(
-        zip(echo_times, echo_times[1:], strict=False), phase_sorted[1:], strict=True
-    ):
-        if not t2 > t1:
-            raise QSMInputError(
-                path,
-                f"echo times are not strictly increasing with echo number "
-                f"({', '.join(f'{t:g}' for t in echo_times)} s)",
-            )
-
-    first = phase_sorted[0][1]
+    first = prim.files[0]
     meta0 = metas[0]
-    if "MagneticFieldStrength" not in meta0 and "ImagingFrequency" not in meta0 and mag_sorted:
-        meta0 = {**_get_metadata(layout, mag_sorted[0][1]), **meta0}
+    if "MagneticFieldStrength" not in meta0 and "ImagingFrequency" not in meta0 and sec.files:
+        meta0 = {**_get_metadata(layout, sec.files[0]), **meta0}
     b0, warn = _field_strength(meta0, first)
     if warn:
         warnings.append(warn)
 
-    units = str(meta0.get("Units", "") or "").strip().lower()
+    units = str(meta0.get("Units", "") or "").strip().lower() if kind == "mag-phase" else ""
     if units not in ("", "rad", "arbitrary"):
         warnings.append(f"phase Units {units!r} is neither 'rad' nor 'arbitrary'; ignored")
         units = ""
@@ -422,14 +663,75 @@ def _build_run(layout: Any, key: dict[str, str], phase: list, mag: list) -> Run:
         acquisition=entities.get("acq"),
         run=entities.get("run"),
         suffix=suffix,
-        phase_files=tuple(p for _, p in phase_sorted),
-        magnitude_files=tuple(p for _, p in mag_sorted),
+        phase_files=tuple(prim.files),
+        magnitude_files=tuple(sec.files),
         echo_times=tuple(echo_times),
         field_strength=float(b0),
         entities=entities,
         warnings=tuple(warnings),
         phase_units=units,
+        phase_volumes=tuple(prim.volumes),
+        magnitude_volumes=tuple(sec.volumes),
+        parts=kind,
     )
+
+
+def _secondary_part(
+    layout: Any,
+    s_sorted: list[tuple[int | None, Path]],
+    prim: _Part,
+    echo_times: list[float],
+    name: str,
+    pname: str,
+    sname: str,
+) -> _Part:
+    """The magnitude (or imaginary) echoes, matched to the phase (or real) echoes."""
+    n = len(echo_times)
+    if s_sorted[0][0] is None:  # one file: a single echo or a 4D file of every echo
+        path = s_sorted[0][1]
+        meta = _get_metadata(layout, path)
+        if "EchoTime" in meta:
+            tes = _echo_time_list(meta, path)
+            if len(tes) != n or any(
+                abs(a - b) > _ECHO_TIME_ATOL_S for a, b in zip(tes, echo_times, strict=False)
+            ):
+                raise QSMInputError(
+                    path,
+                    f"EchoTime {', '.join(f'{t:g}' for t in tes)} s differs from the "
+                    f"{pname} echo times {', '.join(f'{t:g}' for t in echo_times)} s "
+                    f"({prim.files[0].name})",
+                )
+        elif n > 1 and not prim.stacked:
+            raise QSMInputError(
+                path,
+                f"{sname} image without an echo-<n> entity and without an EchoTime list, "
+                f"but the {pname} images have {n} echoes",
+            )
+        return _Part([path] * n, list(range(n)) if n > 1 else [], list(range(1, n + 1)), True)
+
+    paths = [p for _, p in s_sorted]
+    numbers = [e for e, _ in s_sorted]
+    if len(paths) != n:
+        raise QSMInputError(
+            prim.files[0].parent,
+            f"run {name} has {n} {pname} but {len(paths)} {sname} echoes",
+        )
+    if not prim.stacked:
+        for ep, pp, em, pm in zip(prim.numbers, prim.files, numbers, paths, strict=True):
+            if ep != em:
+                raise QSMInputError(
+                    pm, f"{sname} echo {em} does not match {pname} echo {ep} ({pp.name})"
+                )
+    for te, path in zip(echo_times, paths, strict=True):
+        meta = _get_metadata(layout, path)
+        if "EchoTime" in meta:
+            te_s = _echo_time(meta, path)
+            if abs(te_s - te) > _ECHO_TIME_ATOL_S:
+                raise QSMInputError(
+                    path,
+                    f"EchoTime {te_s:g} s differs from {te:g} s of the matching {pname} echo",
+                )
+    return _Part(paths, [], numbers, False)
 
 
 def validate_output_dir(bids_dir: Path, output_dir: Path) -> Path:

@@ -131,6 +131,7 @@ def cmd_participant(ns) -> int:
         derivatives=ns.derivatives,
         reference_mask=ns.reference_mask,
         phase_sign=ns.phase_sign,
+        registration=not ns.no_registration,
         plugin=ns.plugin,
         plugin_args=load_plugin_args(ns.plugin_args),
         verbose_nipype=ns.verbose > 1,

@@ -112,6 +112,12 @@ def build_participant_parser() -> argparse.ArgumentParser:
         "outputs if they do not. The check is reported in every sidecar. "
         "Default: %(default)s",
     )
+    alg.add_argument(
+        "--no-registration",
+        action="store_true",
+        help="skip the registration to the MNI152NLin2009aSym template, the AAL3 atlas in "
+        "subject space and the regional statistics (about a minute per run at 1 mm)",
+    )
     grp = p.add_argument_group("group level")
     grp.add_argument(
         "--group-template",

@@ -46,25 +46,13 @@ def _spatial_shape(img) -> tuple[int, ...]:
 
 
 def check_run_headers(run: Run) -> None:
-    """Cheap checks on headers only: every echo file is a readable 3D image of one shape and
-    affine. Raises :class:`QSMInputError` naming the offending file."""
-    ref_path = run.phase_files[0]
-    ref = None
-    for path in (*run.phase_files, *run.magnitude_files):
-        try:
-            img = nb.load(str(path))
-        except Exception as exc:  # nibabel raises several types for a broken file
-            raise QSMInputError(path, f"cannot read NIfTI header ({exc})") from exc
-        shape = _spatial_shape(img)
-        if len(shape) != 3:
-            raise QSMInputError(path, f"expected a 3D image per echo, found shape {img.shape}")
-        if ref is None:
-            ref = img
-            continue
-        if shape != _spatial_shape(ref):
-            raise QSMInputError(path, f"shape {shape} differs from {ref_path.name} {ref.shape}")
-        if not np.allclose(img.affine, ref.affine, atol=1e-4):
-            raise QSMInputError(path, f"affine differs from that of {ref_path.name}")
+    """Checks before any heavy work (:func:`qsm_bids.bids.load.validate_run`): every file is
+    a readable 3D image (or 4D, one volume per echo) on one grid, its data is not truncated,
+    non-finite or all zero, and the phase has a known encoding. Raises
+    :class:`QSMInputError` naming the offending file."""
+    from qsm_bids.bids.load import validate_run
+
+    validate_run(run)
 
 
 def check_mask_on_grid(mask: Path, run: Run, option: str) -> None:
@@ -74,7 +62,7 @@ def check_mask_on_grid(mask: Path, run: Run, option: str) -> None:
     except Exception as exc:
         raise QSMInputError(mask, f"{option}: cannot read NIfTI header ({exc})") from exc
     ref = nb.load(str(run.phase_files[0]))
-    if _spatial_shape(img) != _spatial_shape(ref):
+    if _spatial_shape(img)[:3] != _spatial_shape(ref)[:3] or len(_spatial_shape(img)) != 3:
         raise QSMInputError(
             mask, f"{option}: shape {img.shape} differs from the data's {ref.shape} ({run.name})"
         )
@@ -132,6 +120,7 @@ def run_participant_level(
     derivatives: Path | None = None,
     reference_mask: Path | None = None,
     phase_sign: str = "auto",
+    registration: bool = True,
     plugin: str = "MultiProc",
     plugin_args: dict | None = None,
     verbose_nipype: bool = False,
@@ -153,17 +142,19 @@ def run_participant_level(
     output_dir = output_dir.resolve()
     validate_output_dir(bids_dir, output_dir)
     check_plugin(plugin)
-    runs = find_runs(bids_dir, participant_labels, session_labels)
-    invalid: dict[str, str] = {}
+    invalid: dict[str, str] = {}  # run name -> reason; dataset-level problems still raise
+    runs = find_runs(bids_dir, participant_labels, session_labels, invalid=invalid)
+    for name, reason in invalid.items():
+        log.error("SKIPPED %s: %s", name, reason)
     for run in runs:
         try:
             check_run_headers(run)
         except QSMInputError as exc:
             invalid[run.name] = str(exc)
             log.error("SKIPPED %s: %s", run.name, exc)
-    if len(invalid) == len(runs):
-        raise QSMInputError(None, "; ".join(invalid.values()))
     runs = [run for run in runs if run.name not in invalid]
+    if not runs:
+        raise QSMInputError(None, "; ".join(invalid.values()))
     if recipe["reference"].algorithm == "mask":
         if reference_mask is None or not reference_mask.is_file():
             raise QSMInputError(
@@ -194,6 +185,7 @@ def run_participant_level(
         mask_files=masks,
         reference_mask=str(reference_mask.resolve()) if reference_mask else None,
         phase_sign=phase_sign,
+        registration=registration,
         n_procs=cores,
     )
     check_memory(wf, runs, mem)

@@ -39,8 +39,9 @@ OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
 }
 
 
-#: outputs that change sign with the phase convention
-SIGNED = ("chi", "total_field", "local_field")
+#: outputs that change sign with the phase convention (chi comes already corrected from
+#: :class:`qsm_bids.interfaces.sign.CheckPhaseSign`)
+SIGNED = ("total_field", "local_field")
 
 
 class _WriteInputSpec(BaseInterfaceInputSpec):
@@ -56,7 +57,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     local_field = File(exists=True, mandatory=True)
     r2star = File(exists=True)
     t2star = File(exists=True)
-    sign = traits.Int(1, usedefault=True, desc="-1: negate the field maps and chi")
+    sign = traits.Int(1, usedefault=True, desc="-1: negate the field maps")
     sign_check = traits.Str(desc="phase-sign check report (JSON)")
     reference_note = traits.Str(desc="a note from the referencing stage")
 

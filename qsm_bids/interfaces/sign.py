@@ -13,7 +13,7 @@ from nipype.interfaces.base import (
 )
 
 from qsm_bids.core.sign import check_phase_sign
-from qsm_bids.interfaces.base import read_mask, read_volume
+from qsm_bids.interfaces.base import read_mask, read_volume, write_like
 
 PHASE_SIGN_MODES = ("auto", "1", "-1")
 
@@ -30,7 +30,8 @@ class _CheckInputSpec(BaseInterfaceInputSpec):
 
 
 class _CheckOutputSpec(TraitedSpec):
-    sign = traits.Int(desc="+1, or -1 where the outputs are to be negated")
+    chi = File(exists=True, desc="the susceptibility map, negated where the sign was reversed")
+    sign = traits.Int(desc="+1, or -1 where the field maps are to be negated")
     report = traits.Str(desc="the check and what was done (JSON)")
 
 
@@ -41,7 +42,8 @@ class CheckPhaseSign(SimpleInterface):
     output_spec = _CheckOutputSpec
 
     def _run_interface(self, runtime):
-        check = check_phase_sign(read_volume(self.inputs.chi), read_mask(self.inputs.mask))
+        chi = read_volume(self.inputs.chi)
+        check = check_phase_sign(chi, read_mask(self.inputs.mask))
         mode = self.inputs.mode
         flip = mode == "auto" and check.sign < 0
         if flip:
@@ -57,6 +59,11 @@ class CheckPhaseSign(SimpleInterface):
         else:
             action = "consistent: paramagnetic tail positive"
         self._results["sign"] = -1 if flip else 1
+        self._results["chi"] = (
+            write_like(-chi, self.inputs.chi, "chi_signed", runtime.cwd)
+            if flip
+            else self.inputs.chi
+        )
         self._results["report"] = json.dumps(
             {
                 "Option": mode,

@@ -5,6 +5,8 @@ The data flow, one node per arrow::
     load -> mask -> unwrap -> combine (total field, Hz) -> background (local field, Hz)
          -> inversion (ppm) -> reference -> derivatives
     load, mask -> r2star (R2*, T2*) -> derivatives
+    load (magnitude), chi -> registration to MNI152NLin2009aSym, AAL3 into the subject,
+         regional statistics -> derivatives
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from qsm_bids.interfaces.derivatives import WriteDerivatives
 from qsm_bids.interfaces.load import LoadRun, run_to_json
 from qsm_bids.interfaces.sign import CheckPhaseSign
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
+from qsm_bids.pipeline.registration import init_registration_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
     init_inversion_wf,
@@ -62,6 +65,7 @@ def init_qsm_wf(
     mask_file: str | None = None,
     reference_mask: str | None = None,
     phase_sign: str = "auto",
+    registration: bool = True,
     n_procs: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -82,6 +86,9 @@ def init_qsm_wf(
         "auto" keeps it and negates the outputs if the map's paramagnetic tail is negative
         (:func:`qsm_bids.core.sign.check_phase_sign`). The check is reported in the
         sidecars in every mode.
+    registration : bool, default True
+        Register the magnitude to the MNI152NLin2009aSym template, bring the AAL3 atlas into
+        the subject and write regional statistics (runs with magnitude images only).
     n_procs : int, default 1
         Threads given to each FFT-heavy node.
     """
@@ -148,13 +155,26 @@ def init_qsm_wf(
         (combine_wf, write, [("outputnode.field", "total_field")]),
         (background_wf, write, [("outputnode.local_field", "local_field"),
                                 ("outputnode.local_mask", "local_mask")]),
-        (inversion_wf, write, [("outputnode.chi", "chi"),
-                               ("outputnode.reference_note", "reference_note")]),
+        (inversion_wf, write, [("outputnode.reference_note", "reference_note")]),
         (inversion_wf, sign, [("outputnode.chi", "chi")]),
         (background_wf, sign, [("outputnode.local_mask", "mask")]),
-        (sign, write, [("sign", "sign"), ("report", "sign_check")]),
+        (sign, write, [("chi", "chi"), ("sign", "sign"), ("report", "sign_check")]),
     ])  # fmt: skip
-    if run.magnitude_files:
+    if run.magnitude_files and registration:
+        reg_wf = init_registration_wf(
+            run=run,
+            output_dir=output_dir,
+            bids_dir=bids_dir,
+            provenance=recipe.provenance(),
+            n_procs=n_procs,
+            mem_gb=max(1.0, 25 * vol + 0.5),
+        )
+        wf.connect([
+            (load, reg_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
+            (background_wf, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+            (sign, reg_wf, [("chi", "inputnode.chi")]),
+        ])  # fmt: skip
+    if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
         r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
         wf.connect([
             (load, r2star_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
@@ -175,6 +195,7 @@ def init_participant_wf(
     mask_files: dict[str, str] | None = None,
     reference_mask: str | None = None,
     phase_sign: str = "auto",
+    registration: bool = True,
     n_procs: int = 1,
 ) -> pe.Workflow:
     """All runs' QSM workflows side by side in one workflow, for one nipype execution.
@@ -198,6 +219,7 @@ def init_participant_wf(
                     mask_file=(mask_files or {}).get(run.name),
                     reference_mask=reference_mask,
                     phase_sign=phase_sign,
+                    registration=registration,
                     n_procs=threads,
                 )
             ]

@@ -32,6 +32,7 @@ from qsm_bids.interfaces.registration import (
 def init_registration_wf(
     *,
     template_resolution_mm: float = 0.0,
+    registration_resolution_mm: float = 2.0,
     seed: int = 1234,
     n_procs: int = 1,
     mem_gb: float = 2.0,
@@ -53,14 +54,16 @@ def init_registration_wf(
     Parameters
     ----------
     template_resolution_mm : float, default 0.0
-        Template grid (1, 2 or 3 mm) for the registration and ``chi_template``; 0 picks 1 mm
-        for subject voxels below 1.5 mm, else 2 mm.
+        Template grid (1, 2 or 3 mm) of ``chi_template``; 0 picks 1 mm for subject voxels
+        below 1.5 mm, else 2 mm.
+    registration_resolution_mm : float, default 2.0
+        Template grid (1, 2 or 3 mm) the registration itself runs on (and of the SyN warp).
     seed : int, default 1234
         ANTs random seed (registration is reproducible for a fixed seed and ``n_procs``).
     n_procs : int, default 1
         ITK threads of the registration node.
     mem_gb : float, default 2.0
-        Memory estimate of the registration node (about 1.3 GB at 1 mm).
+        Memory estimate of the registration node (about 1 GB for 1 mm data).
     registration_params : dict or None, default None
         Extra keyword arguments of
         :func:`qsm_bids.registration.ants_registration.register_to_template`.
@@ -86,6 +89,7 @@ def init_registration_wf(
     register = pe.Node(
         RegisterToTemplate(
             template_resolution_mm=float(template_resolution_mm),
+            registration_resolution_mm=float(registration_resolution_mm),
             seed=int(seed),
             num_threads=max(1, int(n_procs)),
         ),

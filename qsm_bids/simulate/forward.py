@@ -180,8 +180,9 @@ def simulate_acquisition(
 
     # (1) fields in ppm: total (relative to air, so air/padding is source-free) and local.
     chi = np.asarray(phantom.chi, dtype=np.float32)
+    tissue = phantom.tissue_mask if phantom.tissue_mask is not None else phantom.brain_mask
     total_ppm, local_ppm = dipole_fields(
-        [chi - np.float32(CHI_AIR_PPM), np.where(phantom.brain_mask, chi, np.float32(0.0))],
+        [chi - np.float32(CHI_AIR_PPM), np.where(tissue, chi, np.float32(0.0))],
         phantom.voxel_size,
         bdir,
         pad_factor=2.0,

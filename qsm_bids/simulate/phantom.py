@@ -162,6 +162,10 @@ class HeadPhantom:
         Voxel edge lengths (mm).
     field_strength_t : float
         Field strength (T) that ``r2star`` refers to.
+    tissue_mask : bool (X, Y, Z) or None
+        The voxels of ``brain_mask`` whose resampled susceptibility is brain tissue only
+        (no partial-volume skull or air); the sources of the true local field. None: the
+        brain mask itself (the 1 mm master grid).
     """
 
     chi: np.ndarray
@@ -174,6 +178,7 @@ class HeadPhantom:
     voxel_size: tuple[float, float, float]
     field_strength_t: float = 3.0
     label_names: dict[int, str] = field(default_factory=lambda: dict(LABEL_NAMES))
+    tissue_mask: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -398,6 +403,13 @@ def _master_phantom() -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------
 
 
+#: Minimum interpolated brain fraction of a voxel of the tissue mask after resampling: the
+#: susceptibility is resampled linearly (with anti-aliasing), so voxels at the brain's
+#: edge mix in skull and air; they stay in the (anatomical) brain mask but their
+#: susceptibility counts as a background source, not as local tissue.
+BRAIN_FRACTION = 0.99
+
+
 def make_head_phantom(resolution_mm: float = 2.0, *, field_strength_t: float = 3.0) -> HeadPhantom:
     """Build the head phantom on an isotropic MNI-aligned grid.
 
@@ -440,6 +452,7 @@ def make_head_phantom(resolution_mm: float = 2.0, *, field_strength_t: float = 3
         r2 = np.array(base["r2star"])
         labels = np.array(base["labels"])
         brain = np.array(base["brain"])
+        tissue = brain
     else:
         matrix = np.diag([res] * 3)
 
@@ -455,6 +468,11 @@ def make_head_phantom(resolution_mm: float = 2.0, *, field_strength_t: float = 3
         r2 = resample(np.asarray(base["r2star"], dtype=np.float32), 1)
         labels = resample(np.asarray(base["labels"]), 0)
         brain = resample(np.asarray(base["brain"], dtype=np.uint8), 0) > 0
+        # tissue: voxels whose (smoothed, interpolated) susceptibility is all brain, so
+        # that no partial-volume skull or air counts as a local-field source
+        tissue = brain & (
+            resample(np.asarray(base["brain"], dtype=np.float32), 1) >= BRAIN_FRACTION
+        )
     return HeadPhantom(
         chi=chi.astype(np.float32, copy=False),
         labels=labels.astype(np.int16, copy=False),
@@ -465,6 +483,7 @@ def make_head_phantom(resolution_mm: float = 2.0, *, field_strength_t: float = 3
         affine=aff,
         voxel_size=(res, res, res),
         field_strength_t=float(field_strength_t),
+        tissue_mask=tissue.astype(bool, copy=False),
     )
 
 
@@ -611,10 +630,14 @@ def make_subject(
         return ndimage.map_coordinates(x, coords, order=order, mode="constant", cval=cval)
 
     labels = sample(np.asarray(phantom.labels), 0, BACKGROUND).astype(np.int16)
+    brain = sample(np.asarray(phantom.brain_mask, dtype=np.uint8), 0, 0) > 0
+    source = phantom.tissue_mask if phantom.tissue_mask is not None else phantom.brain_mask
+    tissue = np.asarray(source, dtype=np.float32)
     return HeadPhantom(
         chi=sample(chi, 1, CHI_AIR_PPM).astype(np.float32),
         labels=labels,
-        brain_mask=sample(np.asarray(phantom.brain_mask, dtype=np.uint8), 0, 0) > 0,
+        brain_mask=brain,
+        tissue_mask=brain & (sample(tissue, 1, 0) >= BRAIN_FRACTION),
         head_mask=labels != BACKGROUND,
         m0=sample(m0, 1, 0.0).astype(np.float32),
         r2star=sample(r2, 1, 0.0).astype(np.float32),
