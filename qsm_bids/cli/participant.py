@@ -34,6 +34,7 @@ class ParticipantResult:
     succeeded: list[Run] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run name -> one-line reason
     invalid: dict[str, str] = field(default_factory=dict)  # run name -> input error, not run
+    incomplete: dict[str, str] = field(default_factory=dict)  # run name -> what is missing
     seconds: float = 0.0
 
 
@@ -242,6 +243,11 @@ def run_participant_level(
         chimap = derivative_path(output_dir, run, "Chimap")
         if chimap.is_file() and chimap.with_name(chimap.name.replace(".nii.gz", ".json")).is_file():
             result.succeeded.append(run)
+            stats = derivative_path(output_dir, run, "regionstats", desc="aal3", extension=".tsv")
+            if registration and run.magnitude_files and not stats.is_file():
+                reason = summarise_crash(crash_dir, run)
+                result.incomplete[run.name] = f"no registration/regional statistics: {reason}"
+                log.warning("%s: the QSM maps are written, but %s", run.name, reason)
         else:
             result.failed[run.name] = summarise_crash(crash_dir, run)
     return result

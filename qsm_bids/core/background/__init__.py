@@ -6,6 +6,8 @@ the background field (sources outside it: air, bone, shim residuals).
 * :func:`resharp` -- Tikhonov-regularised SHARP (Sun & Wilman, MRM 2014), eroded mask.
 * :func:`ismv` -- iterative spherical mean value (Wen et al., MRM 2014), eroded mask.
 * :func:`lbv` -- Laplacian boundary value (Zhou et al., NMR Biomed 2014), peeled mask.
+* :func:`no_background_removal` -- identity stage (masked total field) for single-step
+  inversions such as :func:`qsm_bids.core.inversion.single_step.sstv`.
 
 All take ``(field, mask, voxel_size, b0_dir, *, weights=None, <tunables>)`` and return
 ``(local_field float32, local_mask bool)`` in the unit of ``field``. None can recover the
@@ -14,8 +16,10 @@ harmonic (including constant) part of the local field; the referencing step deme
 
 from qsm_bids.core.background.ismv import ismv
 from qsm_bids.core.background.lbv import lbv
+from qsm_bids.core.background.none import no_background_removal
 from qsm_bids.core.background.pdf import pdf
 from qsm_bids.core.background.resharp import resharp
 from qsm_bids.core.background.vsharp import vsharp
 
 __all__ = ["ismv", "lbv", "pdf", "resharp", "vsharp"]
+__all__ += ["no_background_removal"]
