@@ -48,6 +48,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
             "resharp": "qsm_bids.core.background:resharp",
             "ismv": "qsm_bids.core.background:ismv",
             "lbv": "qsm_bids.core.background:lbv",
+            "none": "qsm_bids.core.background:no_background_removal",
         },
     ),
     "inversion": (
@@ -61,6 +62,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
             "ilsqr": "qsm_bids.core.inversion:ilsqr",
             "medi": "qsm_bids.core.inversion:medi",
             "nltv": "qsm_bids.core.inversion:nltv",
+            "sstv": "qsm_bids.core.inversion:sstv",
         },
     ),
     "reference": (

@@ -57,7 +57,15 @@ def _chimap(out: Path, sub: str) -> np.ndarray:
 
 @pytest.mark.parametrize("plugin", ["SLURM", "SLURMGraph"])
 def test_batch_plugin_matches_multiproc(slurm, dataset, tmp_path, plugin):
-    common = ["--participant-label", "01", "--nprocs", "1", "--no-registration"]
+    common = [
+        "--participant-label",
+        "01",
+        "--nprocs",
+        "1",
+        "--no-registration",
+        "--pipeline",
+        "fast",
+    ]
     ref = tmp_path / "multiproc"
     assert main([str(dataset), str(ref), "participant", "-w", str(tmp_path / "w1"), *common]) == 0
     out = tmp_path / plugin
@@ -76,6 +84,7 @@ def test_array_job_script_runs_one_participant_per_task(slurm, dataset, tmp_path
         **os.environ,
         "BIDS_DIR": str(dataset),
         "OUTPUT_DIR": str(out),
+        "QSM_BIDS_ARGS": "--pipeline fast --no-registration",
         "WORK_ROOT": str(tmp_path / "scratch"),
         "QSM_BIDS": str(Path(sys.executable).parent / "qsm-bids"),
     }

@@ -41,7 +41,7 @@ def sstv(
     b0_dir: tuple[float, float, float],
     *,
     weights: np.ndarray | None = None,
-    lambda_: float = 5e-6,
+    lambda_: float = 1e-5,
     radii_mm: tuple[float, ...] = (12.0, 8.0, 4.0),
     rho: float = 1e-2,
     mu_support: float = 1e-3,
@@ -82,11 +82,12 @@ def sstv(
     weights : (X, Y, Z) array or None, default None
         Data-fidelity weights (e.g. inverse field noise SD or magnitude), normalised to mean
         1 in the mask; None means 1.
-    lambda_ : float, default 5e-6
+    lambda_ : float, default 1e-5
         TV weight in ppm (the unit of the field). Smaller than :func:`tv_admm`'s 5e-5 since
         the high-passed data ``S_r f`` are weaker than the field. Chosen on the built-in
-        head phantom (2 mm, 3 T, true total field): 3e-6 / 5e-6 / 1e-5 gave NRMSE
-        23.2 / 22.0 / 24.3 %.
+        head phantom (2 mm, 3 T, true total field), NRMSE for 5e-6 / 1e-5 / 2e-5 / 5e-5:
+        noise-free 22.0 / 23.7 / 26.6 / - %, with 0.001 ppm noise 47.0 / 37.6 / 36.0 /
+        36.4 %. Raise it for noisier fields.
     radii_mm : tuple of floats, default (12.0, 8.0, 4.0)
         SMV radii in mm (sorted largest first here); each mask voxel uses the largest
         radius whose sphere fits in the mask, voxels where none fits have no data term.
@@ -100,7 +101,7 @@ def sstv(
         data splits is 1 (3e-3 / 1e-2 / 3e-2 gave 24.2 / 24.4 / 24.9 % at mu_support 1e-2).
     mu_support : float, default 1e-3
         ADMM penalty of the support split ``y = chi``; the result is ``y`` (zero outside the
-        mask). 3e-4 / 1e-3 / 1e-2 / 1e-1 gave 21.9 / 22.0 / 24.4 / 34.1 %.
+        mask). 3e-4 / 1e-3 / 1e-2 / 1e-1 gave 21.9 / 22.0 / 24.4 / 34.1 % (lambda 5e-6).
     relaxation : float, default 1.7
         ADMM over-relaxation factor in [1, 2); 1 is plain ADMM (29.4 % against 25.3 % after
         300 iterations at mu_support 1e-2).
