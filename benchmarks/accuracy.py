@@ -122,7 +122,9 @@ def full_table(bids: Path, truth_of, tmp: Path, inversion_only: dict[str, float]
     for name in builtin_recipes():
         recipe = load_recipe(name)
         out = tmp / f"out-{name}"
-        res = run_participant_level(bids, out, recipe, work_dir=tmp / f"w-{name}")
+        res = run_participant_level(
+            bids, out, recipe, work_dir=tmp / f"w-{name}", registration=False
+        )
         if not res.succeeded:
             print(f"| {name} | failed: {res.failed} |")
             continue

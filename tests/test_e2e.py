@@ -57,7 +57,7 @@ def test_outputs_are_on_the_input_grid_with_provenance(e2e):
     assert side["SkullStripped"] is True
     assert any(s.startswith("bids:raw:sub-01/anat/") for s in side["Sources"])
     stages = json.dumps(side)
-    for algo in ("tv_admm", "pdf", "region_growing", "weighted_fit"):
+    for algo in ("medi", "pdf", "region_growing", "weighted_fit"):
         assert algo in stages
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"

@@ -44,7 +44,7 @@ def test_builtin_recipes_list_every_parameter(name):
 
 
 def test_default_pipeline_uses_an_iterative_inversion():
-    assert load_recipe("default")["inversion"].algorithm == "tv_admm"
+    assert load_recipe("default")["inversion"].algorithm == "medi"
 
 
 def _minimal(**override):
