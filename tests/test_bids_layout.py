@@ -179,6 +179,18 @@ def test_sessions_acq_runs_grouped_separately(tmp_path):
     assert all("run-1_" in p.name for p in r.phase_files + r.magnitude_files)
 
 
+def test_t1w_of_the_same_session_is_found(tmp_path):
+    ds = tmp_path / "ds"
+    write_run(ds, "01", ses="A")
+    write_run(ds, "01", ses="B")
+    anat = ds / "sub-01" / "ses-A" / "anat"
+    t1 = anat / "sub-01_ses-A_T1w.nii.gz"
+    nib.Nifti1Image(np.ones(SHAPE, np.float32), np.eye(4)).to_filename(t1)
+    runs = {r.session: r for r in find_runs(ds)}
+    assert runs["A"].t1w == t1
+    assert runs["B"].t1w is None
+
+
 def test_labels_with_and_without_prefix(tmp_path):
     ds = tmp_path / "ds"
     for sub in ("01", "02", "03"):

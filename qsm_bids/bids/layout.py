@@ -109,6 +109,9 @@ class Run:
     phase_volumes : tuple of int, default ()
         For a 4D phase (or real) file: the 0-based index of each echo along its 4th axis
         (one per echo). Empty when every file holds one 3D echo.
+    t1w : Path or None, default None
+        A T1-weighted image of the same subject and session (the first in name order),
+        used to guide the registration to the template.
     magnitude_volumes : tuple of int, default ()
         The same for the magnitude (or imaginary) files.
     parts : str, default "mag-phase"
@@ -131,6 +134,7 @@ class Run:
     phase_volumes: tuple[int, ...] = ()
     magnitude_volumes: tuple[int, ...] = ()
     parts: str = "mag-phase"
+    t1w: Path | None = None
 
     def __post_init__(self) -> None:
         # lists (e.g. from a JSON round trip) become tuples: the run stays hashable
@@ -144,6 +148,8 @@ class Run:
         }
         for name, fn in conv.items():
             object.__setattr__(self, name, fn(getattr(self, name)))
+        if self.t1w is not None:
+            object.__setattr__(self, "t1w", Path(self.t1w))
         if self.parts not in ("mag-phase", "real-imag"):
             raise ValueError(f"Run.parts must be 'mag-phase' or 'real-imag', not {self.parts!r}")
 
@@ -673,7 +679,20 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
         phase_volumes=tuple(prim.volumes),
         magnitude_volumes=tuple(sec.volumes),
         parts=kind,
+        t1w=_find_t1w(first, entities),
     )
+
+
+def _find_t1w(gre_file: Path, entities: dict) -> Path | None:
+    """The first ``*_T1w.nii[.gz]`` beside the run's files (same subject and session)."""
+    folder = Path(gre_file).parent
+    prefix = f"sub-{entities['sub']}" + (f"_ses-{entities['ses']}" if "ses" in entities else "")
+    hits = sorted(
+        p
+        for p in folder.glob(f"{prefix}_*T1w.nii*")
+        if p.name.endswith(("_T1w.nii", "_T1w.nii.gz"))
+    )
+    return hits[0] if hits else None
 
 
 def _secondary_part(

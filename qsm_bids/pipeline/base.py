@@ -169,6 +169,8 @@ def init_qsm_wf(
             n_procs=n_procs,
             mem_gb=max(1.0, 25 * vol + 0.5),
         )
+        if run.t1w is not None:
+            reg_wf.inputs.inputnode.t1w = str(run.t1w)
         wf.connect([
             (load, reg_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
             (background_wf, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
