@@ -21,7 +21,7 @@ def test_every_registered_algorithm_imports_and_has_typed_parameters():
                 assert p.kind in (bool, int, float, str, tuple)
 
 
-@pytest.mark.parametrize("name", ["default", "fast"])
+@pytest.mark.parametrize("name", ["default", "fast", "tv"])
 def test_builtin_recipes_load(name):
     assert name in builtin_recipes()
     recipe = load_recipe(name)
@@ -31,7 +31,7 @@ def test_builtin_recipes_load(name):
     assert prov["inversion"]["Algorithm"] == recipe["inversion"].algorithm
 
 
-@pytest.mark.parametrize("name", ["default", "fast"])
+@pytest.mark.parametrize("name", ["default", "fast", "tv"])
 def test_builtin_recipes_list_every_parameter(name):
     """So that a user who copies one sees every knob (scripts/update_recipes.py)."""
     import tomllib
