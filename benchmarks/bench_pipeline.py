@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import subprocess
 import sys
 import tempfile
@@ -63,17 +62,25 @@ def cli_run(bids: Path, tmp: Path, pipeline: str, *extra: str) -> tuple[float, f
     name = "-".join(["out", *extra]).replace("--", "")
     cmd = [sys.executable, "-m", "qsm_bids.cli.main", str(bids), str(tmp / name), "participant",
            "-w", str(tmp / f"work-{name}"), "--pipeline", pipeline, *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # wait4: the resource usage of this child (and its reaped workers) alone
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
+    # A small launcher process runs the command and reports its children's peak RSS: a
+    # child forked straight from this (large) process would inherit our high-water mark.
+    launcher = (
+        "import resource, subprocess, sys; "
+        "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", launcher, *cmd], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr[-2000:]}")
     wall = time.perf_counter() - t0
-    return wall, usage.ru_maxrss / 1024**2
+    return wall, int(done.stdout.split()[-1]) / 1024**2
 
 
-def bench_resolution(resolution: float, recipe, pipeline: str, skip_cli: bool) -> dict:
+def bench_resolution(
+    resolution: float, recipe, pipeline: str, skip_cli: bool, cli_only: bool = False
+) -> dict:
     """Per-stage and whole-pipeline timings at one resolution; returns a summary row."""
     row: dict = {"resolution": resolution}
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,6 +100,12 @@ def bench_resolution(resolution: float, recipe, pipeline: str, skip_cli: bool) -
         fft_s = (time.perf_counter() - t0) / 3
         print(f"grid {shape}, voxel {data.voxel_size} mm; one complex64 FFT: {fft_s * 1e3:.0f} ms")
         row.update(voxels=int(np.prod(shape[:3])), echoes=int(shape[3]), fft_s=fft_s)
+        if cli_only:
+            del data
+            wall, peak = cli_run(bids, tmp, pipeline, "--no-registration")
+            print(f"whole participant pipeline (CLI): {wall:.1f} s, peak RSS {peak:.2f} GB")
+            row.update(wall=wall, peak=peak)
+            return row
         print(f"{'stage':<28}{'wall':>10}{'cpu':>10}{'peak':>11}{'':>12}")
 
         mag_rss = np.sqrt(np.mean(np.square(data.magnitude), axis=-1))
@@ -157,9 +170,14 @@ def main() -> None:
     parser.add_argument("--pipeline", default="default")
     parser.add_argument("--skip-cli", action="store_true", help="only the per-stage timings")
     parser.add_argument("--throughput", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--cli-only", action="store_true", help="only the whole pipeline without registration"
+    )
     ns = parser.parse_args()
     recipe = load_recipe(ns.pipeline)
-    rows = [bench_resolution(r, recipe, ns.pipeline, ns.skip_cli) for r in ns.resolutions]
+    rows = [
+        bench_resolution(r, recipe, ns.pipeline, ns.skip_cli, ns.cli_only) for r in ns.resolutions
+    ]
     if not ns.skip_cli and len(rows) > 1:
         print("\n## Scaling (relative to the coarsest grid)\n")
         print("| voxel (mm) | voxels x echoes | time (s) | peak RSS (GB) | time ratio | "
