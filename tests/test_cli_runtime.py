@@ -118,3 +118,34 @@ def test_two_participants_at_once_into_one_output_folder(bids, tmp_path):
     for sub in ("01", "02"):
         assert np.isfinite(_chimap(out, sub)).all()
     assert len(list((out / "logs").glob("*.log"))) == 2
+
+
+def test_no_disk_space_is_refused_before_anything_is_written(bids, tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--participant-label", "01",
+                 "-w", str(tmp_path / "w")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "GB free" in err
+    assert not out.exists()
+
+
+def test_unwritable_output_folder_is_refused(bids, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--participant-label", "01",
+                 "-w", str(tmp_path / "w")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "Read-only file system" in err
+    assert not out.exists()

@@ -190,6 +190,7 @@ def run_participant_level(
         n_procs=cores,
     )
     check_memory(wf, runs, mem)
+    check_disk(output_dir, work_dir, runs)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_dataset_description(output_dir, version=__version__, source_dir=bids_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +285,41 @@ def attach_log_file(output_dir: Path) -> Path:
     logger.addHandler(handler)
     logger.debug("command: %s", " ".join(sys.argv))
     return path
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(output_dir: Path, work_dir: Path, runs: list[Run]) -> None:
+    """Refuse to start when the output or work folder cannot be written, or its file system
+    has too little free space for the work files and derivatives of ``runs`` (about 8x the
+    4D echo stack per run, measured on the phantom: 4.7x in the work folder, the rest for
+    the derivatives and the report)."""
+    import shutil
+    import tempfile
+
+    from qsm_bids.pipeline.base import estimate_volume_gb
+
+    need = 0.1 + sum(8 * estimate_volume_gb(run)[1] for run in runs)
+    for what, folder in (("output", output_dir), ("work", work_dir)):
+        base = _existing_ancestor(folder)
+        try:
+            with tempfile.NamedTemporaryFile(dir=base, prefix=".qsm_bids_probe_"):
+                pass
+        except OSError as exc:
+            raise QSMInputError(
+                folder, f"the {what} folder cannot be written ({exc.strerror or exc})"
+            ) from exc
+        free = shutil.disk_usage(base).free / 1024**3
+        if free < need:
+            raise QSMInputError(
+                folder,
+                f"only {free:.1f} GB free for the {what} folder; about {need:.1f} GB are "
+                f"needed for {len(runs)} run(s)",
+            )
 
 
 def check_memory(wf, runs: list[Run], mem_gb: float) -> None:
