@@ -24,7 +24,7 @@ import numpy as np
 
 from qsm_bids.core.echoes.offset import mcpc3ds_offset
 
-__all__ = ["combine_weighted_fit", "field_noise_sd", "weighted_phase_fit"]
+__all__ = ["check_echo_inputs", "combine_weighted_fit", "field_noise_sd", "weighted_phase_fit"]
 
 _OFFSETS = ("mcpc3ds", "fit", "none")
 
@@ -37,6 +37,62 @@ def _echo_weights(magnitude: np.ndarray | None, n_echoes: int) -> list[np.ndarra
     scale = float(np.abs(mag).max()) if mag.size else 0.0
     inv = np.float32(1.0 / scale) if scale > 0 else np.float32(1.0)
     return [np.square(np.abs(mag[..., n]) * inv) for n in range(n_echoes)]
+
+
+def check_echo_inputs(
+    phase: np.ndarray,
+    magnitude: np.ndarray | None,
+    mask: np.ndarray,
+    echo_times: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, tuple[float, ...]]:
+    """Validate the inputs of an echo-combination method and bring them to one form.
+
+    Parameters
+    ----------
+    phase : (X, Y, Z, E) or (X, Y, Z) array
+        Unwrapped phase in rad.
+    magnitude : array of the same shape, or None
+        Magnitude (any scale).
+    mask : (X, Y, Z) array
+        Voxels to fit.
+    echo_times : E floats
+        Echo times in s, all positive.
+
+    Returns
+    -------
+    phase : (X, Y, Z, E) float32 array
+    magnitude : (X, Y, Z, E) float32 array (non-finite values set to 0) or None
+    mask : (X, Y, Z) bool array
+    echo_times : tuple of E floats (s)
+
+    Raises
+    ------
+    ValueError
+        On a shape mismatch, a wrong number of echo times or a non-positive echo time.
+    """
+    ph = np.asarray(phase, dtype=np.float32)
+    if ph.ndim == 3:
+        ph = ph[..., None]
+    if ph.ndim != 4:
+        raise ValueError(f"phase must be (X, Y, Z, E); got shape {ph.shape}")
+    te = tuple(float(t) for t in echo_times)
+    if len(te) != ph.shape[-1]:
+        raise ValueError(f"{len(te)} echo times for {ph.shape[-1]} echoes")
+    if any(t <= 0 for t in te):
+        raise ValueError(f"echo times must be positive (s); got {te}")
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != ph.shape[:3]:
+        raise ValueError(f"mask shape {m.shape} != phase shape {ph.shape[:3]}")
+    mag = None
+    if magnitude is not None:
+        mag = np.asarray(magnitude, dtype=np.float32)
+        if mag.ndim == 3:
+            mag = mag[..., None]
+        if mag.shape != ph.shape:
+            raise ValueError(f"magnitude shape {mag.shape} != phase shape {ph.shape}")
+        if not np.isfinite(mag).all():
+            mag = np.nan_to_num(mag, nan=0.0, posinf=0.0, neginf=0.0)
+    return ph, mag, m, te
 
 
 def weighted_phase_fit(
@@ -198,31 +254,10 @@ def combine_weighted_fit(
         errors, noise, non-linear phase evolution). Its inverse weights the data term of
         the weighted background removal and dipole inversion methods.
     """
-    ph = np.asarray(phase, dtype=np.float32)
-    if ph.ndim == 3:
-        ph = ph[..., None]
-    if ph.ndim != 4:
-        raise ValueError(f"phase must be (X, Y, Z, E); got shape {ph.shape}")
-    n_e = ph.shape[-1]
-    te = tuple(float(t) for t in echo_times)
-    if len(te) != n_e:
-        raise ValueError(f"{len(te)} echo times for {n_e} echoes")
-    if any(t <= 0 for t in te):
-        raise ValueError(f"echo times must be positive (s); got {te}")
     if offset not in _OFFSETS:
         raise ValueError(f"offset must be one of {_OFFSETS}; got {offset!r}")
-    m = np.asarray(mask, dtype=bool)
-    if m.shape != ph.shape[:3]:
-        raise ValueError(f"mask shape {m.shape} != phase shape {ph.shape[:3]}")
-    mag = None
-    if magnitude is not None:
-        mag = np.asarray(magnitude, dtype=np.float32)
-        if mag.ndim == 3:
-            mag = mag[..., None]
-        if mag.shape != ph.shape:
-            raise ValueError(f"magnitude shape {mag.shape} != phase shape {ph.shape}")
-        if not np.isfinite(mag).all():
-            mag = np.nan_to_num(mag, nan=0.0, posinf=0.0, neginf=0.0)
+    ph, mag, m, te = check_echo_inputs(phase, magnitude, mask, echo_times)
+    n_e = ph.shape[-1]
     if not np.isfinite(ph).all():
         # non-finite phase (e.g. NaN outside the brain) would spread through the smoothing
         bad = ~np.isfinite(ph)

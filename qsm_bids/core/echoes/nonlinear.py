@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsm_bids.core.echoes.fit import weighted_phase_fit
+from qsm_bids.core.echoes.fit import check_echo_inputs, weighted_phase_fit
 from qsm_bids.core.echoes.offset import gaussian_smooth_normalised
 
 __all__ = ["background_noise_sigma", "combine_nonlinear_fit"]
@@ -94,27 +94,10 @@ def _prepare(
     mask: np.ndarray,
     echo_times: Sequence[float],
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    ph = np.asarray(unwrapped, dtype=np.float32)
-    if ph.ndim == 3:
-        ph = ph[..., None]
-    if ph.ndim != 4:
-        raise ValueError(f"phase must be (X, Y, Z, E); got shape {ph.shape}")
-    te = np.asarray([float(t) for t in echo_times], dtype=np.float64)
-    if te.size != ph.shape[-1]:
-        raise ValueError(f"{te.size} echo times for {ph.shape[-1]} echoes")
-    if np.any(te <= 0):
-        raise ValueError(f"echo times must be positive (s); got {tuple(te)}")
-    m = np.asarray(mask, dtype=bool)
-    if m.shape != ph.shape[:3]:
-        raise ValueError(f"mask shape {m.shape} != phase shape {ph.shape[:3]}")
-    mag = None
-    if magnitude is not None:
-        mag = np.asarray(magnitude, dtype=np.float32)
-        if mag.ndim == 3:
-            mag = mag[..., None]
-        if mag.shape != ph.shape:
-            raise ValueError(f"magnitude shape {mag.shape} != phase shape {ph.shape}")
-        mag = np.abs(np.nan_to_num(mag, nan=0.0, posinf=0.0, neginf=0.0))
+    ph, mag, m, te_tuple = check_echo_inputs(unwrapped, magnitude, mask, echo_times)
+    te = np.asarray(te_tuple, dtype=np.float64)
+    if mag is not None:
+        mag = np.abs(mag)
     bad = ~np.isfinite(ph).all(axis=-1)
     if mag is not None:
         bad |= ~(mag > 0).any(axis=-1)
