@@ -37,6 +37,7 @@ from qsm_bids import registry
 from qsm_bids.bids.layout import find_runs
 from qsm_bids.bids.load import load_run
 from qsm_bids.core import kernels
+from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.recipe import load_recipe
 from qsm_bids.simulate.dataset import simulate_dataset
@@ -108,7 +109,7 @@ def bench_resolution(
             return row
         print(f"{'stage':<28}{'wall':>10}{'cpu':>10}{'peak':>11}{'':>12}")
 
-        mag_rss = np.sqrt(np.mean(np.square(data.magnitude), axis=-1))
+        mag_rss = combine_echoes(data.magnitude, "rss")
 
         def stage(name):
             choice = recipe[name]

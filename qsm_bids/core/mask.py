@@ -29,6 +29,7 @@ from skimage.filters import threshold_otsu
 
 __all__ = [
     "clean_mask",
+    "combine_echoes",
     "magnitude_threshold",
     "mask_from_magnitude",
     "mask_from_magnitude_and_quality",
@@ -37,7 +38,9 @@ __all__ = [
 ]
 
 
-def _combine_echoes(magnitude: np.ndarray, combine: str) -> np.ndarray:
+def combine_echoes(magnitude: np.ndarray, combine: str) -> np.ndarray:
+    """One magnitude image from the echoes: root-sum-of-squares (``"rss"``) or the first
+    echo (``"first"``); a 3D input is returned as it is (absolute values, float32)."""
     mag = np.abs(np.asarray(magnitude, dtype=np.float32))
     if mag.ndim == 3:
         return mag
@@ -213,7 +216,7 @@ def mask_from_magnitude(
     inside the brain) the threshold keeps almost all voxels and the border of the volume is
     not eroded (it counts as foreground), so the mask is ~ the whole volume.
     """
-    img = _combine_echoes(magnitude, combine)
+    img = combine_echoes(magnitude, combine)
     vox = tuple(float(v) for v in voxel_size)
     if len(vox) != 3:
         raise ValueError(f"voxel_size must have 3 values; got {voxel_size}")

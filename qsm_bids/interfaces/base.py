@@ -83,16 +83,26 @@ class StageInterface(SimpleInterface):
         params.pop(registry.DATA_WEIGHTS, None)
         return func(*args, **kwargs, **params)
 
-    def accepted(self, **optional: Any) -> dict[str, Any]:
-        """The items of ``optional`` (not None) that the chosen algorithm takes as keywords.
+    def call_offering(self, *args: Any, **offered: Any) -> Any:
+        """Call the chosen algorithm with ``args`` and the ``offered`` inputs it names.
 
-        Extra inputs such as data weights or a magnitude image are offered to every
-        algorithm of a stage; only those whose signature names them receive them, and
-        ``weights`` only when the recipe sets ``data_weights = true``.
+        Every algorithm of a stage is offered the same inputs (magnitude, phase, echo
+        times, data weights, R2*, ...); only those its signature names are passed, so a new
+        algorithm needs no change here. An offered value may be a zero-argument callable,
+        evaluated only if the algorithm takes it (a volume is read from disk only when
+        needed). A None value is passed only for a parameter without a default.
+        ``weights`` are offered only when the recipe sets ``data_weights = true``.
         """
         func = registry.get_function(self.stage, self.inputs.algorithm)
-        names = set(inspect.signature(func).parameters)
+        signature = inspect.signature(func).parameters
         params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
         if not params.get(registry.DATA_WEIGHTS, False):
-            names.discard("weights")
-        return {k: v for k, v in optional.items() if k in names and v is not None}
+            offered.pop("weights", None)
+        kwargs = {}
+        for name, value in offered.items():
+            if name not in signature:
+                continue
+            value = value() if callable(value) else value
+            if value is not None or signature[name].default is inspect.Parameter.empty:
+                kwargs[name] = value
+        return self.call(*args, **kwargs)

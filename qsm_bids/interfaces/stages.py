@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
+from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.core.quality import inverse_noise_weights
 from qsm_bids.core.reference import reference_mean
@@ -27,22 +28,16 @@ def _optional(path) -> np.ndarray | None:
     return read_volume(path) if isdefined(path) and path else None
 
 
-def _weights(noise_path, mask: np.ndarray, accepted) -> np.ndarray | None:
-    """Data weights from the field-noise map, read only if the algorithm takes weights."""
-    if not accepted(weights=True):
-        return None
-    noise = _optional(noise_path)
-    return None if noise is None else inverse_noise_weights(noise, mask)
+def _noise_weights(noise_path, mask: np.ndarray):
+    """A reader of the data weights (inverse field-noise SD), for :meth:`call_offering`."""
+    return lambda: (
+        None if (noise := _optional(noise_path)) is None else inverse_noise_weights(noise, mask)
+    )
 
 
-def _combined_magnitude(path, accepted) -> np.ndarray | None:
-    """Root-mean-square magnitude over echoes, read only if the algorithm takes one."""
-    if not accepted(magnitude=True):
-        return None
-    mag = _optional(path)
-    if mag is None:
-        return None
-    return np.sqrt(np.mean(np.square(mag), axis=-1)) if mag.ndim == 4 else mag
+def _echo_magnitude(path):
+    """A reader of the echo-combined (root-sum-of-squares) magnitude."""
+    return lambda: None if (mag := _optional(path)) is None else combine_echoes(mag, "rss")
 
 
 # ---------------------------------------------------------------------------------- mask
@@ -77,20 +72,14 @@ class BrainMask(StageInterface):
             mask = mask.reshape(shape)
         else:
             vox = tuple(meta["voxel_size"])
-            if self.inputs.algorithm == "magnitude":
-                image = _optional(self.inputs.magnitude)
-                if image is None:
-                    raise ValueError("mask algorithm 'magnitude' needs magnitude images")
-                mask = self.call(image, vox)
-            elif self.inputs.algorithm == "magnitude_and_quality":
-                mask = self.call(
-                    _optional(self.inputs.magnitude),
-                    read_volume(self.inputs.phase),
-                    vox,
-                    tuple(meta["echo_times"]),
-                )
-            else:
-                mask = self.call(read_volume(self.inputs.phase), vox)
+            if self.inputs.algorithm == "magnitude" and not isdefined(self.inputs.magnitude):
+                raise ValueError("mask algorithm 'magnitude' needs magnitude images")
+            mask = self.call_offering(
+                magnitude=lambda: _optional(self.inputs.magnitude),
+                phase=lambda: read_volume(self.inputs.phase),
+                voxel_size=vox,
+                echo_times=tuple(meta["echo_times"]),
+            )
         self._results["mask"] = write_like(mask, self.inputs.phase, "mask", runtime.cwd)
         return runtime
 
@@ -189,13 +178,12 @@ class BackgroundRemoval(StageInterface):
     def _run_interface(self, runtime):
         meta = read_meta(self.inputs.meta)
         mask = read_mask(self.inputs.mask)
-        extra = self.accepted(weights=_weights(self.inputs.noise, mask, self.accepted))
-        local, local_mask = self.call(
+        local, local_mask = self.call_offering(
             read_volume(self.inputs.field),
             mask,
             tuple(meta["voxel_size"]),
             tuple(meta["b0_dir"]),
-            **extra,
+            weights=_noise_weights(self.inputs.noise, mask),
         )
         ref = self.inputs.mask
         self._results["local_field"] = write_like(
@@ -230,16 +218,13 @@ class DipoleInversion(StageInterface):
         meta = read_meta(self.inputs.meta)
         local_ppm = hz_to_ppm(read_volume(self.inputs.local_field), meta["field_strength"])
         mask = read_mask(self.inputs.mask)
-        extra = self.accepted(
-            weights=_weights(self.inputs.noise, mask, self.accepted),
-            magnitude=_combined_magnitude(self.inputs.magnitude, self.accepted),
-        )
-        chi = self.call(
+        chi = self.call_offering(
             local_ppm.astype(np.float32),
             mask,
             tuple(meta["voxel_size"]),
             tuple(meta["b0_dir"]),
-            **extra,
+            weights=_noise_weights(self.inputs.noise, mask),
+            magnitude=_echo_magnitude(self.inputs.magnitude),
         )
         self._results["chi"] = write_like(
             chi.astype(np.float32), self.inputs.mask, "chi_raw", runtime.cwd
@@ -261,11 +246,6 @@ class _ReferenceOutputSpec(TraitedSpec):
     note = traits.Str(desc="what was done when the chosen referencing was not possible")
 
 
-def accepts_r2star(interface: StageInterface) -> bool:
-    """Whether the chosen referencing algorithm uses R2* and magnitude."""
-    return bool(interface.accepted(r2star=True))
-
-
 class Reference(StageInterface):
     """Shift the susceptibility map so the reference region has zero mean."""
 
@@ -280,13 +260,15 @@ class Reference(StageInterface):
         meta = read_meta(self.inputs.meta)
         chi_in = read_volume(self.inputs.chi)
         mask = read_mask(self.inputs.mask)
-        extra = self.accepted(
-            r2star=_optional(self.inputs.r2star) if accepts_r2star(self) else None,
-            magnitude=_optional(self.inputs.magnitude) if accepts_r2star(self) else None,
-            voxel_size=tuple(meta["voxel_size"]),
-        )
         try:
-            chi = self.call(chi_in, mask, region=region, **extra)
+            chi = self.call_offering(
+                chi_in,
+                mask,
+                region=region,
+                r2star=lambda: _optional(self.inputs.r2star),
+                magnitude=lambda: _optional(self.inputs.magnitude),
+                voxel_size=tuple(meta["voxel_size"]),
+            )
             note = None
         except ValueError as exc:
             if self.inputs.algorithm != "csf":

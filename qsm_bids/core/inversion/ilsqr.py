@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.rts import _cg, _cg_normal, _squared_weights
-from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _prepare
+from qsm_bids.core.inversion.rts import _cg, _cg_normal
+from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _prepare, _weights_sq
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, laplacian_kernel, rfftn, smv_kernel
 
@@ -144,7 +144,7 @@ def ilsqr(
     # ---- Step 1 (eq. 6-7): Laplacian-weighted least squares ----
     lap_f = np.abs(conv(f, laplacian_kernel(shape, voxel_size, real=True)))
     w_lap = _ramp_weights(lap_f, m, *laplacian_percentiles)
-    w2 = _squared_weights(weights, mask, box, m) * w_lap
+    w2 = _weights_sq(weights, mask, box) * w_lap
     if support_mask:
         chi0 = _cg_normal(lambda x: conv(x * mf, d) * mf, w2, f, int(lsqr_iter), float(lsqr_tol))
     else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import _Box, _finish, _grad_scale, _prepare
+from qsm_bids.core.inversion.tkd import _Box, _finish, _grad_scale, _prepare, _weights_sq
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
@@ -25,20 +25,6 @@ __all__ = ["medi"]
 
 #: Percentile of |field| (in the weighted mask) mapped to 1 rad by the automatic phase scale.
 PHASE_PERCENTILE = 99.9
-
-
-def _weights_sq(weights: np.ndarray | None, mask: np.ndarray, box: _Box) -> np.ndarray:
-    """Squared data weights ``W^2`` on the box: zero outside ``mask``, ``W`` of mean 1 in it."""
-    inside = np.asarray(mask).astype(bool)
-    if weights is None:
-        return box.embed(inside.astype(np.float32))
-    wp = np.asarray(weights, dtype=np.float32)
-    if wp.shape != inside.shape:
-        raise ValueError("weights must have the shape of mask")
-    wp = np.where(inside, np.abs(wp), np.float32(0))
-    mean = float(wp[inside].mean()) if np.any(inside) else 0.0
-    mean = mean if mean > 0 else 1.0
-    return box.embed(wp / np.float32(mean)) ** 2
 
 
 def _phase_scale(field: np.ndarray, w2: np.ndarray, phase_scale: float) -> float:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.rts import _squared_weights
-from qsm_bids.core.inversion.tkd import _finish, _prepare
+from qsm_bids.core.inversion.tkd import _finish, _prepare, _weights_sq
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["ndi"]
@@ -87,7 +86,7 @@ def ndi(
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     f, m, shape, box = _prepare(local_field, mask)
-    w2 = _squared_weights(weights, mask, box, m)
+    w2 = _weights_sq(weights, mask, box)
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
 
     # field in ppm -> phase in rad; x is the susceptibility in the same scaled units

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.medi import _phase_scale, _weights_sq
-from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _grad_symbol_sq, _prepare
+from qsm_bids.core.inversion.medi import _phase_scale
+from qsm_bids.core.inversion.tkd import (
+    _finish,
+    _grad_scale,
+    _grad_symbol_sq,
+    _prepare,
+    _weights_sq,
+)
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 

@@ -12,33 +12,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import _Box, _finish, _grad_scale, _grad_symbol_sq, _prepare
+from qsm_bids.core.inversion.tkd import (
+    _finish,
+    _grad_scale,
+    _grad_symbol_sq,
+    _prepare,
+    _weights_sq,
+)
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
+from qsm_bids.core.linalg import dot
 
 __all__ = ["rts"]
-
-
-def _squared_weights(
-    weights: np.ndarray | None, mask: np.ndarray, box: _Box, mask_padded: np.ndarray
-) -> np.ndarray:
-    """Squared data weights ``W^2`` on the padded box: zero outside the mask, ``weights``
-    (absolute values) normalised to mean 1 inside it; the mask itself when None."""
-    if weights is None:
-        return mask_padded.astype(np.float32)
-    w = np.asarray(weights, dtype=np.float32)
-    inside = np.asarray(mask).astype(bool)
-    if w.shape != inside.shape:
-        raise ValueError(f"weights {w.shape} must have the shape of mask {inside.shape}")
-    w = np.where(inside, np.abs(w), np.float32(0))
-    mean = float(w[inside].mean()) if np.any(inside) else 0.0
-    w /= np.float32(mean if mean > 0 else 1.0)
-    return box.embed(w) ** 2
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product of two float32 volumes, accumulated in float64."""
-    return float(np.dot(a.ravel().astype(np.float64), b.ravel().astype(np.float64)))
 
 
 def _cg(
@@ -50,19 +35,19 @@ def _cg(
     x = np.zeros_like(b)
     r = b.copy()
     p = r.copy()
-    rs = _dot(r, r)
+    rs = dot(r, r)
     stop = float(tol) ** 2 * rs
     for _ in range(int(n_iter)):
         if rs <= stop or rs == 0.0:
             break
         q = op(p)
-        pq = _dot(p, q)
+        pq = dot(p, q)
         if pq <= 0.0:
             break
         alpha = np.float32(rs / pq)
         x += alpha * p
         r -= alpha * q
-        rs_new = _dot(r, r)
+        rs_new = dot(r, r)
         p *= np.float32(rs_new / rs)
         p += r
         rs = rs_new
@@ -102,7 +87,7 @@ def _shrink_update(
         np.clip(z[a], -thr, thr, out=u[a])  # new dual = the clipped part
         z[a] -= u[a]  # shrink(G chi + u, thr)
         buf -= u[a]
-        res += _dot(buf, buf)
+        res += dot(buf, buf)
     return float(np.sqrt(res))
 
 
@@ -192,7 +177,7 @@ def rts(
     if int(max_iter) < 1 or int(ls_iter) < 1:
         raise ValueError("max_iter and ls_iter must be >= 1")
     f, m, shape, box = _prepare(local_field, mask)
-    w2 = _squared_weights(weights, mask, box, m)
+    w2 = _weights_sq(weights, mask, box)
 
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
     wc = np.abs(d) > np.float32(delta)  # well-conditioned frequencies (k = 0 excluded)

@@ -26,8 +26,13 @@ import numpy as np
 
 from qsm_bids.core.background._common import _smv_and_erosion
 from qsm_bids.core.background.vsharp import _sphere_voxel_count
-from qsm_bids.core.inversion.medi import _weights_sq
-from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _grad_symbol_sq, _prepare
+from qsm_bids.core.inversion.tkd import (
+    _finish,
+    _grad_scale,
+    _grad_symbol_sq,
+    _prepare,
+    _weights_sq,
+)
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 

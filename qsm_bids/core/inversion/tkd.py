@@ -71,6 +71,20 @@ def _prepare(
     return fp, mp, box.shape, box
 
 
+def _weights_sq(weights: np.ndarray | None, mask: np.ndarray, box: _Box) -> np.ndarray:
+    """Squared data weights ``W^2`` on the box: zero outside ``mask``; ``|weights|``
+    normalised to mean 1 inside it, or the mask itself when ``weights`` is None."""
+    inside = np.asarray(mask).astype(bool)
+    if weights is None:
+        return box.embed(inside.astype(np.float32))
+    wp = np.asarray(weights, dtype=np.float32)
+    if wp.shape != inside.shape:
+        raise ValueError(f"weights {wp.shape} must have the shape of mask {inside.shape}")
+    wp = np.where(inside, np.abs(wp), np.float32(0))
+    mean = float(wp[inside].mean()) if np.any(inside) else 0.0
+    return box.embed(wp / np.float32(mean if mean > 0 else 1.0)) ** 2
+
+
 def _finish(chi_padded: np.ndarray, mask: np.ndarray, box: _Box) -> np.ndarray:
     """Back to the input grid, zero outside ``mask``, float32."""
     chi = box.extract(np.asarray(chi_padded, dtype=np.float32))

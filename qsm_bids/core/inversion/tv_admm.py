@@ -15,7 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _grad_symbol_sq, _prepare
+from qsm_bids.core.inversion.tkd import (
+    _finish,
+    _grad_scale,
+    _grad_symbol_sq,
+    _prepare,
+    _weights_sq,
+)
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["tv_admm"]
@@ -127,17 +133,7 @@ def tv_admm(
     mu2 = np.float32(1.0)
 
     # Data weights W^2 (zero outside the mask), normalised to mean 1 inside it.
-    if weights is None:
-        w2 = m.astype(np.float32)
-    else:
-        wp = np.asarray(weights, dtype=np.float32)
-        if wp.shape != np.asarray(mask).shape:
-            raise ValueError("weights must have the shape of mask")
-        inside = np.asarray(mask).astype(bool)
-        wp = np.where(inside, np.abs(wp), np.float32(0))
-        mean = float(wp[inside].mean()) if np.any(inside) else 0.0
-        mean = mean if mean > 0 else 1.0
-        w2 = sl.embed(wp / np.float32(mean)) ** 2
+    w2 = _weights_sq(weights, mask, sl)
 
     # Kernels and denominators, once (FANSI: the chi sub-problem is a k-space division).
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
