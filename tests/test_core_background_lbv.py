@@ -121,9 +121,7 @@ def test_lbv_brain_phantom(case: str, bound: float) -> None:
 def test_lbv_linear_and_validates(sphere_case) -> None:
     total, _, _, mask = sphere_case
     ref, m1 = lbv(total, mask, VS2, AXIAL)
-    scaled, m2 = lbv(
-        100.0 * total, mask, VS2, OBLIQUE, weights=np.ones(total.shape, np.float32), depth=3
-    )
+    scaled, m2 = lbv(100.0 * total, mask, VS2, OBLIQUE, depth=3)
     np.testing.assert_array_equal(m1, m2)
     np.testing.assert_allclose(scaled, 100.0 * ref, atol=1e-3 * np.abs(scaled).max())
     empty, m0 = lbv(total, np.zeros(total.shape, bool), VS2, AXIAL)

@@ -40,7 +40,6 @@ def ismv(
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
     *,
-    weights: np.ndarray | None = None,
     radius_mm: float = 3.0,
     tol: float = 1e-3,
     max_iter: int = 200,
@@ -59,8 +58,6 @@ def ismv(
     b0_dir : 3 floats
         B0 direction in voxel-index space. Not used (the SMV kernel is isotropic); accepted
         for a uniform stage signature.
-    weights : (X, Y, Z) array or None, default None
-        Data weights; ignored (accepted for a uniform stage signature).
     radius_mm : float, default 3.0
         Radius of the spherical-mean-value kernel in mm: the thickness of the boundary shell
         whose field values are the boundary condition; the returned mask is the input mask
@@ -88,7 +85,7 @@ def ismv(
     on which tissue falls in the boundary shell, so on the mask and the radius. About 1.5 s at
     180x220x180 on 2 cores (8 s at ``max_iter``).
     """
-    del b0_dir, weights  # iSMV uses neither (see docstring)
+    del b0_dir  # the SMV / Laplacian operators are isotropic (see docstring)
     f = np.asarray(field, dtype=np.float32)
     m = np.asarray(mask) != 0
     if f.ndim != 3 or f.shape != m.shape:

@@ -231,7 +231,6 @@ def lbv(
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
     *,
-    weights: np.ndarray | None = None,
     tolerance: float = 1e-4,
     depth: int = 5,
     peel: int = 2,
@@ -251,8 +250,6 @@ def lbv(
     b0_dir : 3 floats
         B0 direction in voxel-index space. Not used (the Laplacian is isotropic); accepted
         for a uniform stage signature.
-    weights : (X, Y, Z) array or None, default None
-        Data weights; ignored (accepted for a uniform stage signature).
     tolerance : float, default 1e-4
         Stop the multigrid-preconditioned conjugate gradients when the residual norm of the
         Poisson problem falls below ``tolerance`` times its right-hand side's norm (SEPIA's
@@ -289,7 +286,7 @@ def lbv(
     of the phantom, cortical and CSF contrast), mostly a low-order harmonic field. About
     0.5 s at 100x118x112 on one core, 6 iterations to a relative residual of 1e-6.
     """
-    del b0_dir, weights  # LBV uses neither (see docstring)
+    del b0_dir  # the SMV / Laplacian operators are isotropic (see docstring)
     f = np.asarray(field, dtype=np.float32)
     m = np.asarray(mask) != 0
     if f.ndim != 3 or f.shape != m.shape:

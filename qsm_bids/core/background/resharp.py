@@ -39,7 +39,6 @@ def resharp(
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
     *,
-    weights: np.ndarray | None = None,
     radius_mm: float = 6.0,
     lambda_: float = 1e-4,
     tol: float = 1e-4,
@@ -59,8 +58,6 @@ def resharp(
     b0_dir : 3 floats
         B0 direction in voxel-index space. Not used (the SMV kernel is isotropic); accepted
         for a uniform stage signature.
-    weights : (X, Y, Z) array or None, default None
-        Data weights; ignored (accepted for a uniform stage signature).
     radius_mm : float, default 6.0
         Radius of the spherical-mean-value kernel in mm; the returned mask is the input mask
         eroded by it. At least the smallest voxel edge (a one-voxel sphere removes
@@ -93,7 +90,7 @@ def resharp(
     ``lambda_`` 1e-3 slightly better on the second; 4 mm costs about 9 points but keeps ~9 %
     more of the mask. About 10 s at 180x220x180 on 2 cores (21 s at ``max_iter``).
     """
-    del b0_dir, weights  # RESHARP uses neither (see docstring)
+    del b0_dir  # the SMV / Laplacian operators are isotropic (see docstring)
     f = np.asarray(field, dtype=np.float32)
     m = np.asarray(mask) != 0
     if f.ndim != 3 or f.shape != m.shape:

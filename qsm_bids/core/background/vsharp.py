@@ -48,7 +48,6 @@ def vsharp(
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
     *,
-    weights: np.ndarray | None = None,
     radii_mm: tuple[float, ...] = (12.0, 10.0, 8.0, 6.0, 4.0, 2.0),
     threshold: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +65,6 @@ def vsharp(
     b0_dir : 3 floats
         B0 direction in voxel-index space. Not used by V-SHARP (the SMV kernel is
         isotropic); accepted for a uniform stage signature.
-    weights : (X, Y, Z) array or None, default None
-        Data weights; ignored by V-SHARP (accepted for a uniform stage signature).
     radii_mm : tuple of floats, default (12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
         Spherical-mean-value kernel radii in mm (sorted largest first here). Each voxel
         takes the high-pass result of the largest radius whose sphere fits in the mask; the
@@ -97,7 +94,7 @@ def vsharp(
     realistic mask the edge voxels carry residual background that large kernels average
     out. The radii are in mm, so the kernel sizes in voxels scale with the resolution.
     """
-    del b0_dir, weights  # V-SHARP uses neither (see docstring)
+    del b0_dir  # the SMV / Laplacian operators are isotropic (see docstring)
     f = np.asarray(field, dtype=np.float32)
     m = np.asarray(mask) != 0
     if f.ndim != 3 or f.shape != m.shape:
