@@ -84,6 +84,42 @@ def pad_to(x: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[slice
 # --------------------------------------------------------------------------------------
 
 
+class MaskBox:
+    """The mask's bounding box plus a margin, on an FFT-friendly grid.
+
+    The iterative FFT methods (dipole inversions, PDF) run on this box, not on the whole
+    field of view: a smaller grid where the brain does not fill the FOV, and always at
+    least ``margin`` voxels of zero padding around the mask, so that the periodic FFT does
+    not couple opposite sides of a brain that touches the edge of the FOV (slabs, tight
+    crops).
+    """
+
+    def __init__(self, mask: np.ndarray, margin: int) -> None:
+        self.full_shape = mask.shape
+        lo, hi = [], []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            nz = np.flatnonzero(mask.any(axis=other))
+            lo.append(int(nz[0]) if nz.size else 0)
+            hi.append(int(nz[-1]) + 1 if nz.size else mask.shape[axis])
+        self.src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        self.shape = fast_shape([b - a for a, b in zip(lo, hi, strict=True)], margin)
+        start = [(n - (b - a)) // 2 for n, a, b in zip(self.shape, lo, hi, strict=True)]
+        self.dst = tuple(slice(s0, s0 + b - a) for s0, a, b in zip(start, lo, hi, strict=True))
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (full FOV) cut to the box and zero-padded to :attr:`shape` (float32)."""
+        out = np.zeros(self.shape, np.float32)
+        out[self.dst] = x[self.src]
+        return out
+
+    def extract(self, xp: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`embed`: a full-FOV float32 array, zero outside the box."""
+        out = np.zeros(self.full_shape, np.float32)
+        out[self.src] = xp[self.dst]
+        return out
+
+
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel edge lengths in mm along each array axis, from a 4x4 NIfTI affine."""
     a = np.asarray(affine, dtype=float)[:3, :3]

@@ -17,14 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import _Box, _finish, _grad_scale, _prepare, _weights_sq
+from qsm_bids.core.inversion.tkd import (
+    _Box,
+    _finish,
+    _grad_scale,
+    _grad_symbol_sq,
+    _prepare,
+    _weights_sq,
+)
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
+from qsm_bids.core.linalg import axpy, dot
 
 __all__ = ["medi"]
 
 #: Percentile of |field| (in the weighted mask) mapped to 1 rad by the automatic phase scale.
 PHASE_PERCENTILE = 99.9
+
+#: The preconditioner's gradient weight relative to the median lagged-diffusivity weight in
+#: the mask. Chosen on the 1 mm head phantom; 1 to 10 changed the NRMSE by less than 0.4 %.
+PRECOND_WEIGHT = 3.0
 
 
 def _phase_scale(field: np.ndarray, w2: np.ndarray, phase_scale: float) -> float:
@@ -86,7 +98,7 @@ def medi(
     edge_percentage: float = 0.3,
     max_iter: int = 10,
     tol: float = 0.03,
-    cg_max_iter: int = 50,
+    cg_max_iter: int = 10,
     cg_tol: float = 0.01,
     phase_scale: float = 0.0,
 ) -> np.ndarray:
@@ -131,8 +143,11 @@ def medi(
     tol : float, default 0.03
         Stop when the Gauss-Newton update ``||dy|| / ||y||`` falls below ``tol`` (about 6
         iterations; MEDI's 0.1 stops after 3, at 17.0 % instead of 15.1 % on the phantom).
-    cg_max_iter : int, default 50
-        Maximum conjugate-gradient iterations per Gauss-Newton step.
+    cg_max_iter : int, default 10
+        Maximum conjugate-gradient iterations per Gauss-Newton step. The conjugate
+        gradients are preconditioned (see Notes), so 10 iterations do better than 50
+        unpreconditioned ones (MEDI's default 100 is not needed): on the 1 mm head phantom
+        12.2 % NRMSE in 40 iterations in all, against 14.3 % in 250 without.
     cg_tol : float, default 0.01
         Relative residual at which the conjugate gradients stop.
     phase_scale : float, default 0.0
@@ -145,6 +160,15 @@ def medi(
     -------
     (X, Y, Z) float32 array
         Susceptibility in ppm, zero outside ``mask``.
+
+    Notes
+    -----
+    The Gauss-Newton system is solved by conjugate gradients preconditioned with the
+    shift-invariant part of the Hessian, ``(2 lambda D^2 + r |G|^2)^-1`` applied in k-space
+    (two more FFTs per iteration), with ``r`` = :data:`PRECOND_WEIGHT` times the median
+    lagged-diffusivity weight in the mask. This is the idea of the k-space preconditioners
+    of the TV-regularised QSM solvers (e.g. Bilgic B et al., MRM 2014;72:1444); MEDI itself
+    uses plain CG.
     """
     if float(lambda_) <= 0:
         raise ValueError(f"lambda_ must be > 0, got {lambda_}")
@@ -163,6 +187,9 @@ def medi(
     lam2 = np.float32(2.0 * float(lambda_))
     eps = np.float32(1e-6)  # lagged-diffusivity smoothing of |x| (rad^2 per voxel^2)
 
+    gsym = _grad_symbol_sq(shape, voxel_size)
+    d2 = (d * d).astype(np.float32)
+    inside = w2 > 0
     tmp = np.empty(shape, np.float32)
     gy = [np.empty(shape, np.float32) for _ in range(3)]
 
@@ -178,13 +205,16 @@ def medi(
             g *= ra
         return _grad_adjoint(gy, inv_h, out, tmp)
 
-    def hess(x: np.ndarray, r: list[np.ndarray]) -> np.ndarray:
+    def hess(x: np.ndarray, r: list[np.ndarray], out: np.ndarray) -> np.ndarray:
         """Gauss-Newton Hessian ``G^T R G + 2 lambda D W^2 D`` applied to ``x``."""
-        out = reg_op(x, r, np.empty(shape, np.float32))
-        out += lam2 * dconv(w2 * dconv(x))
+        reg_op(x, r, out)
+        dx = dconv(x)
+        dx *= w2
+        out += lam2 * dconv(dx)
         return out
 
     y = np.zeros(shape, np.float32)
+    ap = np.empty(shape, np.float32)
     for _ in range(int(max_iter)):
         # Liu T 2013: linearise exp(i D y) around y; lagged diffusivity for the L1 term
         for g in gy:
@@ -194,23 +224,32 @@ def medi(
         # gradient of the cost: G^T R G y + 2 lambda D W^2 sin(D y - phi)
         grad = reg_op(y, r, np.empty(shape, np.float32))
         grad += lam2 * dconv(w2 * np.sin(dconv(y) - phi))
-        # conjugate gradients on hess(dy) = -grad
+        # k-space preconditioner: the Hessian with R replaced by a constant weight
+        rbar = PRECOND_WEIGHT * float(np.mean([np.median(ra[inside]) for ra in r]))
+        kinv = lam2 * d2 + np.float32(rbar) * gsym
+        np.maximum(kinv, np.float32(1e-6) * kinv.max(), out=kinv)
+        np.divide(np.float32(1), kinv, out=kinv)
+        # preconditioned conjugate gradients on hess(dy) = -grad
         dy = np.zeros(shape, np.float32)
-        res = -grad
-        p = res.copy()
-        rr = float(np.vdot(res, res))
-        stop = float(cg_tol) ** 2 * rr
+        res = np.negative(grad, out=grad)
+        z = irfftn(rfftn(res) * kinv, s=shape).astype(np.float32, copy=False)
+        p = z.copy()
+        rz = dot(res, z)
+        stop = float(cg_tol) ** 2 * dot(res, res)
         for _k in range(int(cg_max_iter)):
-            if rr <= stop or rr == 0.0:
+            if rz == 0.0:
                 break
-            ap = hess(p, r)
-            alpha = np.float32(rr / float(np.vdot(p, ap)))
-            dy += alpha * p
-            res -= alpha * ap
-            rr_new = float(np.vdot(res, res))
-            p *= np.float32(rr_new / rr)
-            p += res
-            rr = rr_new
+            hess(p, r, ap)
+            alpha = rz / dot(p, ap)
+            axpy(alpha, p, dy)
+            axpy(-alpha, ap, res)
+            if dot(res, res) <= stop:
+                break
+            z = irfftn(rfftn(res) * kinv, s=shape).astype(np.float32, copy=False)
+            rz_new = dot(res, z)
+            p *= np.float32(rz_new / rz)
+            p += z
+            rz = rz_new
         y += dy
         norm = float(np.linalg.norm(y.ravel()))
         if norm > 0 and float(np.linalg.norm(dy.ravel())) / norm < float(tol):
