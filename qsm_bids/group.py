@@ -3,18 +3,20 @@ average the normalised susceptibility maps into a study-specific template.
 
 Inputs, per run, in the participant level's output folder::
 
-    sub-X/[ses-Y/]anat/<prefix>_desc-aal3_regionstats.tsv
+    sub-X/[ses-Y/]anat/<prefix>_desc-<segmentation>_regionstats.tsv   (aal3, user ones)
     sub-X/[ses-Y/]anat/<prefix>_space-MNI152NLin2009aSym_Chimap.nii.gz   (template only)
 
 Outputs in ``<output_dir>/group/``:
 
-* ``regionstats.tsv``: ``participant_id, session, run, acquisition, region, label`` and the
-  statistics columns, one row per participant, session, run and region (``n/a`` for an
-  absent entity);
-* ``regionstats_summary.tsv``: ``region, label, n, mean_ppm, std_ppm`` (mean and sample
-  standard deviation, ``ddof=1``, of the runs' ``mean_ppm``);
-* ``regionstats.png``: the distribution of each region's mean across runs, deep grey
-  matter first;
+* ``regionstats.tsv``: ``participant_id, session, run, acquisition, segmentation, region,
+  label`` and the statistics columns, one row per participant, session, run, segmentation
+  (the table's ``desc-`` label: ``aal3`` for the atlas, the name of a ``--segmentation``)
+  and region (``n/a`` for an absent entity); AAL3 rows first;
+* ``regionstats_summary.tsv``: ``segmentation, region, label, n, mean_ppm, std_ppm`` (mean
+  and sample standard deviation, ``ddof=1``, of the runs' ``mean_ppm``), per segmentation:
+  regions of different segmentations are never pooled, even when they share a name;
+* ``regionstats.png`` (AAL3) and ``desc-<segmentation>_regionstats.png`` (any other): the
+  distribution of each region's mean across runs, deep grey matter first;
 * ``space-MNI152NLin2009aSym_desc-groupmean_Chimap.nii.gz`` and ``..._desc-groupmedian_...``
   (voxelwise mean and median of the runs' normalised maps) with JSON sidecars, on request;
 * ``group_report.json``: which participants and runs were used and which have no table.
@@ -69,7 +71,9 @@ _ENTITY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("acq", "acquisition"),
 )
 
-_TABLE_GLOB = "*_desc-aal3_regionstats.tsv"
+_TABLE_GLOB = "*_desc-*_regionstats.tsv"
+#: ``desc-`` label of the built-in atlas's tables (listed first).
+ATLAS_SEGMENTATION = "aal3"
 _MAP_GLOB = f"*_space-{TEMPLATE_SPACE}_Chimap.nii*"
 
 
@@ -84,7 +88,12 @@ class GroupResult:
     summary : Path
         ``group/regionstats_summary.tsv``.
     figure : Path
-        ``group/regionstats.png``.
+        The first figure: ``group/regionstats.png`` (AAL3) when AAL3 tables exist.
+    figures : dict of str to Path
+        Segmentation -> its figure (``regionstats.png`` for AAL3,
+        ``desc-<segmentation>_regionstats.png`` for the others).
+    segmentations : list of str
+        The segmentations joined (``aal3`` first, then in name order).
     report : Path
         ``group/group_report.json``.
     participants : list of str
@@ -108,6 +117,8 @@ class GroupResult:
     summary: Path
     figure: Path
     report: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    segmentations: list[str] = field(default_factory=list)
     participants: list[str] = field(default_factory=list)
     missing_participants: list[str] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
@@ -322,9 +333,9 @@ def run_group_level(
     Raises
     ------
     QSMInputError
-        If no ``*_desc-aal3_regionstats.tsv`` exists for the selected participants, a
-        table lacks the ``region`` or ``mean_ppm`` column, or ``group_template`` is set
-        and no normalised map exists. Nothing is written then.
+        If no ``*_desc-<segmentation>_regionstats.tsv`` exists for the selected
+        participants, a table lacks the ``region`` or ``mean_ppm`` column, or
+        ``group_template`` is set and no normalised map exists. Nothing is written then.
     """
     output_dir = Path(output_dir)
     wanted = (
@@ -369,9 +380,9 @@ def run_group_level(
             f"--group-template needs normalised maps ({_MAP_GLOB}) and none were found",
         )
 
-    # ---- read and join the tables
+    # ---- read and join the tables, AAL3 first, then each segmentation in name order
     extra_keys: list[str] = []
-    per_run: list[tuple[dict[str, str], str, list[dict[str, str]]]] = []
+    per_run: list[tuple[dict[str, str], str, str, list[dict[str, str]]]] = []
     for path in tables:
         ents = _entities(path.name) or {}
         with open(path, newline="", encoding="utf-8") as fh:
@@ -387,15 +398,20 @@ def run_group_level(
         for key in run_ents:
             if key not in ("sub", "ses", "run", "acq") and key not in extra_keys:
                 extra_keys.append(key)
-        per_run.append((run_ents, _prefix(path), rows))
+        per_run.append((run_ents, _prefix(path), ents.get("desc", ""), rows))
+    segmentations = sorted(
+        {seg for _, _, seg, _ in per_run}, key=lambda n: (n != ATLAS_SEGMENTATION, n)
+    )
+    per_run.sort(key=lambda item: segmentations.index(item[2]))  # stable: run order kept
 
     header = ["participant_id"] + [c for _, c in _ENTITY_COLUMNS] + extra_keys
-    header += ["region", "label", *STAT_COLUMNS]
+    header += ["segmentation", "region", "label", *STAT_COLUMNS]
     out_rows: list[list[object]] = []
-    by_region: dict[str, list[float]] = {}
-    region_label: dict[str, str] = {}
-    region_order: list[str] = []
-    for ents, _prefix_name, rows in per_run:
+    # per segmentation: region -> the runs' means, region -> label, regions in table order
+    by_region: dict[str, dict[str, list[float]]] = {seg: {} for seg in segmentations}
+    region_label: dict[str, dict[str, str]] = {seg: {} for seg in segmentations}
+    region_order: dict[str, list[str]] = {seg: [] for seg in segmentations}
+    for ents, _prefix_name, seg, rows in per_run:
         ent_cells = [ents.get(k) for k, _ in _ENTITY_COLUMNS] + [ents.get(k) for k in extra_keys]
         for row in rows:
             region = (row.get("region") or "").strip()
@@ -403,26 +419,27 @@ def run_group_level(
                 continue
             label = (row.get("label") or "").strip() or None
             stats = [row.get(c) if row.get(c) not in ("", None) else None for c in STAT_COLUMNS]
-            out_rows.append([f"sub-{ents.get('sub', '')}", *ent_cells, region, label, *stats])
-            by_region.setdefault(region, []).append(_to_float(row.get("mean_ppm")))
-            if region not in region_label and label is not None:
-                region_label[region] = label
-            region_order.append(region)
-    ordered = order_regions(region_order)
+            out_rows.append([f"sub-{ents.get('sub', '')}", *ent_cells, seg, region, label, *stats])
+            by_region[seg].setdefault(region, []).append(_to_float(row.get("mean_ppm")))
+            if region not in region_label[seg] and label is not None:
+                region_label[seg][region] = label
+            region_order[seg].append(region)
+    ordered = {seg: order_regions(region_order[seg]) for seg in segmentations}
 
-    # ---- per-region summary across runs
+    # ---- per-region summary across runs, per segmentation
     summary_rows: list[list[object]] = []
-    for region in ordered:
-        vals = np.asarray([v for v in by_region[region] if math.isfinite(v)], dtype=float)
-        n = int(vals.size)
-        mean = float(np.mean(vals)) if n else math.nan
-        std = float(np.std(vals, ddof=1)) if n > 1 else math.nan
-        summary_rows.append([region, region_label.get(region), n, mean, std])
+    for seg in segmentations:
+        for region in ordered[seg]:
+            vals = np.asarray([v for v in by_region[seg][region] if math.isfinite(v)], float)
+            n = int(vals.size)
+            mean = float(np.mean(vals)) if n else math.nan
+            std = float(np.std(vals, ddof=1)) if n > 1 else math.nan
+            summary_rows.append([seg, region, region_label[seg].get(region), n, mean, std])
 
     # ---- who is missing
-    with_table = sorted({ents.get("sub", "") for ents, _, _ in per_run})
+    with_table = sorted({ents.get("sub", "") for ents, _, _, _ in per_run})
     missing = [p for p in expected if p not in with_table]
-    prefixes = [p for _, p, _ in per_run]
+    prefixes = list(dict.fromkeys(p for _, p, _, _ in per_run))
     chimap_prefixes = sorted({_prefix(p) for p in chimaps if "_space-" not in p.name})
     runs_without_table = [p for p in chimap_prefixes if p not in prefixes]
 
@@ -434,21 +451,27 @@ def run_group_level(
     table_path = write_text_atomic(group_dir / "regionstats.tsv", _tsv_text(header, out_rows))
     summary_path = write_text_atomic(
         group_dir / "regionstats_summary.tsv",
-        _tsv_text(["region", "label", "n", "mean_ppm", "std_ppm"], summary_rows),
+        _tsv_text(["segmentation", "region", "label", "n", "mean_ppm", "std_ppm"], summary_rows),
     )
-    figure_path = plot_region_distribution(
-        {r: by_region[r] for r in ordered},
-        group_dir / "regionstats.png",
-        highlight=[r for r in ordered if is_deep_grey(r)],
-        title=(
-            f"Regional mean susceptibility: {len(per_run)} run(s) of "
-            f"{len(with_table)} participant(s)"
-        ),
-    )
+    figures: dict[str, Path] = {}
+    for seg in segmentations:
+        name = "regionstats.png" if seg == ATLAS_SEGMENTATION else f"desc-{seg}_regionstats.png"
+        n_runs = sum(item[2] == seg for item in per_run)
+        n_subs = len({ents.get("sub") for ents, _, s_, _ in per_run if s_ == seg})
+        figures[seg] = plot_region_distribution(
+            {r: by_region[seg][r] for r in ordered[seg]},
+            group_dir / name,
+            highlight=[r for r in ordered[seg] if is_deep_grey(r)],
+            title=(
+                f"Regional mean susceptibility ({seg}): {n_runs} run(s) of {n_subs} participant(s)"
+            ),
+        )
     result = GroupResult(
         table=table_path,
         summary=summary_path,
-        figure=figure_path,
+        figure=figures[segmentations[0]],
+        figures=figures,
+        segmentations=segmentations,
         report=group_dir / "group_report.json",
         participants=[f"sub-{p}" for p in with_table],
         missing_participants=[f"sub-{p}" for p in missing],
@@ -474,12 +497,14 @@ def run_group_level(
             "ParticipantsMissing": result.missing_participants,
             "Runs": result.runs,
             "RunsWithoutTable": result.runs_without_table,
-            "Regions": len(ordered),
+            "Segmentations": result.segmentations,
+            "Regions": {seg: len(ordered[seg]) for seg in segmentations},
             "Rows": result.n_rows,
             "Outputs": {
                 "table": rel(result.table),
                 "summary": rel(result.summary),
                 "figure": rel(result.figure),
+                "figures": {seg: rel(p) for seg, p in result.figures.items()},
                 "template_mean": rel(result.template_mean),
                 "template_median": rel(result.template_median),
             },
@@ -490,6 +515,7 @@ def run_group_level(
 
 
 __all__ = [
+    "ATLAS_SEGMENTATION",
     "DEEP_GREY_PATTERNS",
     "GroupResult",
     "STAT_COLUMNS",

@@ -105,6 +105,7 @@ def test_group_table_has_one_row_per_run_and_region(study):
         "session",
         "run",
         "acquisition",
+        "segmentation",
         "region",
         "label",
         *STAT_COLUMNS,
@@ -117,6 +118,7 @@ def test_group_table_has_one_row_per_run_and_region(study):
         assert len(mine) == len(REGIONS)
         for r in mine:
             assert r["run"] == (run or "n/a") and r["acquisition"] == (acq or "n/a")
+            assert r["segmentation"] == "aal3"
             assert r["label"] == LABELS.get(r["region"], "n/a")
             expected = tables[prefix][r["region"]]
             got = [float(r[c]) for c in STAT_COLUMNS]
@@ -139,7 +141,8 @@ def test_summary_equals_numpy(study):
     bids, out, tables, _, _ = study
     result = run_group_level(out, bids_dir=bids)
     header, rows = _read(result.summary)
-    assert header == ["region", "label", "n", "mean_ppm", "std_ppm"]
+    assert header == ["segmentation", "region", "label", "n", "mean_ppm", "std_ppm"]
+    assert {r["segmentation"] for r in rows} == {"aal3"}
     # deep grey matter first (caudate, putamen, pallidum, thalamus, SN, red nucleus)
     assert [r["region"] for r in rows] == order_regions(REGIONS)
     assert [r["region"] for r in rows][:7] == [
@@ -157,6 +160,45 @@ def test_summary_equals_numpy(study):
         assert int(r["n"]) == len(RUNS)
         assert float(r["mean_ppm"]) == pytest.approx(np.mean(values), abs=1e-15)
         assert float(r["std_ppm"]) == pytest.approx(np.std(values, ddof=1), abs=1e-15)
+
+
+def test_segmentations_are_joined_but_never_pooled(study):
+    """A user segmentation's tables (desc-aseg) for two runs, one region sharing an AAL3
+    name: the group table tells them apart, AAL3 first, and each has its own summary and
+    figure."""
+    bids, out, tables, _, _ = study
+    rng = np.random.default_rng(11)
+    custom = {}
+    for sub, ses, acq, run in RUNS[:2]:
+        prefix = _prefix(sub, ses, acq, run)
+        path = _anat(out, sub, ses) / f"{prefix}_desc-aseg_regionstats.tsv"
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(["region", "label", *STAT_COLUMNS])
+            for label, name in ((0, "whole_brain"), (11, "Caudate_L"), (12, "Lesion")):
+                stats = [10, 80.0, *rng.normal(0.5, 0.1, 5)]  # far from the AAL3 values
+                custom.setdefault(name, []).append(stats)
+                w.writerow([name, label, *[repr(float(v)) for v in stats]])
+    result = run_group_level(out, bids_dir=bids)
+    assert result.segmentations == ["aal3", "aseg"]
+    _, rows = _read(result.table)
+    segs = [r["segmentation"] for r in rows]
+    assert segs == ["aal3"] * (len(RUNS) * len(REGIONS)) + ["aseg"] * 6  # AAL3 first
+    assert sorted(result.runs) == sorted(_prefix(*r) for r in RUNS)  # each run once
+    _, summary = _read(result.summary)
+    k = STAT_COLUMNS.index("mean_ppm")
+    by_key = {(r["segmentation"], r["region"]): r for r in summary}
+    aal3 = [tables[p]["Caudate_L"][k] for p in tables]
+    mine = [v[k] for v in custom["Caudate_L"]]
+    assert float(by_key[("aal3", "Caudate_L")]["mean_ppm"]) == pytest.approx(np.mean(aal3))
+    assert float(by_key[("aseg", "Caudate_L")]["mean_ppm"]) == pytest.approx(np.mean(mine))
+    assert by_key[("aseg", "Caudate_L")]["n"] == "2" and by_key[("aseg", "Lesion")]["label"] == "12"
+    assert ("aal3", "Lesion") not in by_key
+    assert result.figures["aal3"] == out / "group" / "regionstats.png" == result.figure
+    assert result.figures["aseg"] == out / "group" / "desc-aseg_regionstats.png"
+    assert result.figures["aseg"].is_file()
+    report = json.loads((out / "group" / "group_report.json").read_text())
+    assert report["Segmentations"] == ["aal3", "aseg"]
 
 
 def test_group_template_is_the_voxel_mean_and_median(study):

@@ -296,6 +296,30 @@ def test_report_without_optional_derivatives(tree, tmp_path):
         assert (copy / src).is_file()
 
 
+def test_every_segmentation_table_is_shown_aal3_first(tree, tmp_path):
+    """A user segmentation's table and labels (desc-aseg) get their own section and
+    figure, after AAL3's; all of its regions are in view."""
+    bids, out, _ = tree
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    anat = copy / ANAT
+    shutil.copy(
+        anat / "sub-01_space-orig_dseg.nii.gz", anat / "sub-01_space-orig_desc-aseg_dseg.nii.gz"
+    )
+    text = (anat / "sub-01_desc-aal3_regionstats.tsv").read_text().splitlines()
+    (anat / "sub-01_desc-aseg_regionstats.tsv").write_text(
+        "\n".join([text[0], *[ln.replace("caudate", "Lesion1") for ln in text[1:]]]) + "\n"
+    )
+    page = write_subject_report(copy, "01", bids_dir=bids)
+    html_text = page.read_text(encoding="utf-8")
+    first = html_text.index("sub-01_desc-aal3_regionstats.tsv")
+    second = html_text.index("sub-01_desc-aseg_regionstats.tsv")
+    assert first < second
+    assert "Lesion1" in html_text[second:]  # not folded away: every region in view
+    names = {Path(a["src"]).name for t, a in _parse(page).tags if t == "img"}
+    assert "sub-01_desc-segaseg_slices.png" in names
+
+
 def test_failed_and_unknown_subjects(tree, tmp_path):
     bids, out, _ = tree
     raw = tmp_path / "bids"

@@ -132,6 +132,8 @@ def cmd_participant(ns) -> int:
         reference_mask=ns.reference_mask,
         phase_sign=ns.phase_sign,
         registration=not ns.no_registration,
+        segmentation=ns.segmentation,
+        segmentation_name=ns.segmentation_name,
         plugin=ns.plugin,
         plugin_args=load_plugin_args(ns.plugin_args),
         verbose_nipype=ns.verbose > 1,

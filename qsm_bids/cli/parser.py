@@ -30,6 +30,16 @@ def _label(value: str) -> str:
     return value.removeprefix("sub-").removeprefix("ses-")
 
 
+def _segmentation_name(value: str) -> str:
+    from qsm_bids.bids.segmentation import validate_segmentation_name
+    from qsm_bids.errors import QSMInputError
+
+    try:
+        return validate_segmentation_name(value)
+    except QSMInputError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from exc
+
+
 def build_participant_parser() -> argparse.ArgumentParser:
     """Parser of the BIDS-app form ``qsm-bids BIDS_DIR OUTPUT_DIR {participant}``."""
     p = argparse.ArgumentParser(
@@ -116,7 +126,29 @@ def build_participant_parser() -> argparse.ArgumentParser:
         "--no-registration",
         action="store_true",
         help="skip the registration to the MNI152NLin2009aSym template, the AAL3 atlas in "
-        "subject space and the regional statistics (about a minute per run at 1 mm)",
+        "subject space and the AAL3 regional statistics (about a minute per run at 1 mm); "
+        "a --segmentation still gives its table",
+    )
+    alg.add_argument(
+        "--segmentation",
+        type=Path,
+        metavar="DIR|PATH",
+        help="your own segmentation for regional statistics, in the subject's scanner space "
+        "(e.g. from the same session's T1w): a BIDS derivatives folder with "
+        "sub-<label>[/ses-<label>]/anat/*_dseg.nii.gz per participant (region names from a "
+        "*_dseg.tsv beside it or a dseg.tsv at its root, columns index and name), or one "
+        "label image when a single participant is processed. It is resampled onto the GRE "
+        "grid by world coordinates (nearest neighbour, no registration) and gives "
+        "<prefix>_desc-<name>_regionstats.tsv beside the AAL3 table; labels without a name "
+        "are reported as label_<n> with a warning",
+    )
+    alg.add_argument(
+        "--segmentation-name",
+        type=_segmentation_name,
+        metavar="NAME",
+        help="the <name> of --segmentation's outputs (letters and digits); default: the "
+        "file's seg-, atlas- or desc- label, else 'custom'. In a folder with several "
+        "segmentations per participant it also picks the one with that label",
     )
     grp = p.add_argument_group("group level")
     grp.add_argument(

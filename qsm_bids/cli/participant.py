@@ -95,6 +95,43 @@ def find_mask_files(
     return found
 
 
+def find_user_segmentations(
+    runs: list[Run], segmentation: Path | None, name: str | None = None
+) -> dict:
+    """``--segmentation``: every run's segmentation, found and checked (no heavy work).
+
+    Returns ``{run name: Segmentation}`` (empty without ``segmentation``); warnings about
+    unnamed labels are logged. Raises :class:`QSMInputError` naming the file or folder
+    (see :mod:`qsm_bids.bids.segmentation`).
+    """
+    from qsm_bids.bids.segmentation import (
+        check_segmentation,
+        find_segmentations,
+        validate_segmentation_name,
+    )
+
+    if segmentation is None:
+        if name is not None:
+            validate_segmentation_name(name)
+            log.warning("--segmentation-name %s has no effect without --segmentation", name)
+        return {}
+    segs = find_segmentations(runs, segmentation, name=name)
+    for run in runs:
+        segs[run.name] = check_segmentation(segs[run.name], run)
+        for text in segs[run.name].warnings:
+            log.warning("%s: %s", run.name, text)
+        seg = segs[run.name]
+        log.info(
+            "%s: segmentation %s (%s, %d regions; names from %s)",
+            run.name,
+            seg.path,
+            seg.name,
+            len(seg.names),
+            seg.labels_file or "none",
+        )
+    return segs
+
+
 def resolve_resources(nprocs: int, mem_gb: float) -> tuple[int, float]:
     """Cores and memory (GB) to use: the user's values or what the machine has."""
     cores = nprocs if nprocs > 0 else (len(os.sched_getaffinity(0)) or 1)
@@ -122,6 +159,8 @@ def run_participant_level(
     reference_mask: Path | None = None,
     phase_sign: str = "auto",
     registration: bool = True,
+    segmentation: Path | None = None,
+    segmentation_name: str | None = None,
     plugin: str = "MultiProc",
     plugin_args: dict | None = None,
     verbose_nipype: bool = False,
@@ -130,6 +169,12 @@ def run_participant_level(
 
     A run whose files fail the header checks is left out (listed in ``invalid``, nothing
     written for it) and the other runs are processed.
+
+    ``segmentation`` (``--segmentation``) is a BIDS derivatives folder with a
+    ``*_dseg.nii[.gz]`` per subject (and session), or one label image for a single subject;
+    it adds ``<prefix>_desc-<name>_regionstats.tsv`` to every run, also without
+    ``registration`` (see :mod:`qsm_bids.bids.segmentation`). ``segmentation_name``
+    overrides ``<name>``. Any problem with it is an error before anything is written.
 
     Raises
     ------
@@ -167,6 +212,7 @@ def run_participant_level(
             check_mask_on_grid(Path(masks[run.name]), run, "brain mask")
         if reference_mask is not None:
             check_mask_on_grid(reference_mask, run, "--reference-mask")
+    segs = find_user_segmentations(runs, segmentation, segmentation_name)
     cores, mem = resolve_resources(nprocs, mem_gb)
     log.info(
         "%d run(s): %s; pipeline %s; %d core(s), %.1f GB",
@@ -187,6 +233,7 @@ def run_participant_level(
         reference_mask=str(reference_mask.resolve()) if reference_mask else None,
         phase_sign=phase_sign,
         registration=registration,
+        segmentations=segs,
         n_procs=cores,
     )
     check_memory(wf, runs, mem)
@@ -245,9 +292,17 @@ def run_participant_level(
         if chimap.is_file() and chimap.with_name(chimap.name.replace(".nii.gz", ".json")).is_file():
             result.succeeded.append(run)
             stats = derivative_path(output_dir, run, "regionstats", desc="aal3", extension=".tsv")
+            missing = []
             if registration and run.magnitude_files and not stats.is_file():
+                missing.append("registration/regional statistics")
+            if run.name in segs:
+                name = segs[run.name].name
+                path = derivative_path(output_dir, run, "regionstats", desc=name, extension=".tsv")
+                if not path.is_file():
+                    missing.append(f"regional statistics of the segmentation {name!r}")
+            if missing:
                 reason = summarise_crash(crash_dir, run)
-                result.incomplete[run.name] = f"no registration/regional statistics: {reason}"
+                result.incomplete[run.name] = f"no {' and no '.join(missing)}: {reason}"
                 log.warning("%s: the QSM maps are written, but %s", run.name, reason)
         else:
             result.failed[run.name] = summarise_crash(crash_dir, run)

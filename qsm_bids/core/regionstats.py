@@ -109,3 +109,52 @@ def region_statistics(
     for key, a, b in zip(keys, start, stop, strict=True):
         rows.append(_row(names[int(key)], int(key), values[a:b], voxel_volume_mm3))
     return rows
+
+
+def labels_to_grid(
+    labels: np.ndarray,
+    source_affine: np.ndarray,
+    target_affine: np.ndarray,
+    target_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Nearest-neighbour resampling of a label volume onto another voxel grid, by world
+    coordinates (no registration: both grids must share one world space, e.g. the scanner
+    coordinates of one session).
+
+    Each target voxel centre is mapped to world coordinates (mm) with ``target_affine``, then
+    into the source's voxel coordinates with the inverse of ``source_affine``, and takes the
+    label of the nearest source voxel (interpolation order 0: labels are never mixed).
+    Grids that differ by a permutation or flip of axes, or by an integer upsampling with
+    voxel centres on the source's, are reproduced exactly.
+
+    Parameters
+    ----------
+    labels : int ndarray (X, Y, Z)
+        Label volume (0 = no region).
+    source_affine : (4, 4) array
+        Voxel-to-world affine (mm) of ``labels``.
+    target_affine : (4, 4) array
+        Voxel-to-world affine (mm) of the target grid.
+    target_shape : tuple of int
+        Shape of the target grid (the first three entries are used).
+
+    Returns
+    -------
+    int32 ndarray
+        Labels on the target grid, 0 outside the source's field of view.
+    """
+    from scipy import ndimage
+
+    src = np.asarray(labels).astype(np.int32, copy=False)
+    # target voxel -> world (mm) -> source voxel
+    matrix = np.linalg.solve(np.asarray(source_affine, float), np.asarray(target_affine, float))
+    return ndimage.affine_transform(
+        src,
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=tuple(int(n) for n in target_shape[:3]),
+        order=0,
+        mode="constant",
+        cval=0,
+        output=np.int32,
+    )

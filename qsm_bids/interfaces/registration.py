@@ -98,6 +98,16 @@ def read_regionstats_tsv(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def names_to_json(names: dict[int, str]) -> str:
+    """A label -> name map as JSON text (keys as strings, in label order)."""
+    return json.dumps({str(k): str(v) for k, v in sorted(names.items())})
+
+
+def names_from_json(text: str) -> dict[int, str]:
+    """Inverse of :func:`names_to_json`."""
+    return {int(k): str(v) for k, v in json.loads(text).items()}
+
+
 def _write_bytes_atomic(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
@@ -248,6 +258,9 @@ class _StatsInputSpec(BaseInterfaceInputSpec):
     chi = File(exists=True, mandatory=True, desc="susceptibility (ppm), subject space")
     dseg = File(exists=True, mandatory=True, desc="atlas labels, subject space")
     mask = File(exists=True, mandatory=True, desc="brain mask")
+    names_json = traits.Str(
+        desc="label -> region name as a JSON object (a user segmentation); default: AAL3"
+    )
 
 
 class _StatsOutputSpec(TraitedSpec):
@@ -255,21 +268,26 @@ class _StatsOutputSpec(TraitedSpec):
 
 
 class RegionStatistics(SimpleInterface):
-    """Susceptibility statistics per AAL3 region and the whole brain (a TSV)."""
+    """Susceptibility statistics per region (AAL3, or the regions of ``names_json``) and
+    the whole brain (a TSV)."""
 
     input_spec = _StatsInputSpec
     output_spec = _StatsOutputSpec
 
     def _run_interface(self, runtime):
-        from qsm_bids.registration.atlas import aal3_names
+        if isdefined(self.inputs.names_json) and self.inputs.names_json:
+            names = names_from_json(self.inputs.names_json)
+        else:
+            from qsm_bids.registration.atlas import aal3_names
 
+            names = aal3_names()
         img = nb.load(self.inputs.chi)
         zooms = img.header.get_zooms()[:3]
         rows = region_statistics(
             read_volume(self.inputs.chi),
-            np.asarray(nb.load(self.inputs.dseg).dataobj).astype(np.int16),
+            np.asarray(nb.load(self.inputs.dseg).dataobj).astype(np.int32),
             read_mask(self.inputs.mask),
-            aal3_names(),
+            names,
             float(np.prod(zooms)),
         )
         out = Path(runtime.cwd) / "regionstats.tsv"
@@ -434,6 +452,134 @@ class WriteRegistrationDerivatives(SimpleInterface):
                 derivative_path(Path(""), run, "mask", desc="brain").as_posix(),
             ],
         }
+        write_json_atomic(path.with_suffix(".json"), side)
+        written.append(str(path))
+        self._results["out_files"] = written
+        return runtime
+
+
+# ------------------------------------------------------------------ user segmentation
+class _SegInputSpec(BaseInterfaceInputSpec):
+    in_file = File(
+        exists=True, mandatory=True, desc="user label image in the subject's scanner space"
+    )
+    reference = File(exists=True, mandatory=True, desc="an image on the subject (GRE) grid")
+
+
+class _SegOutputSpec(TraitedSpec):
+    dseg = File(exists=True, desc="the labels on the subject grid (int32)")
+
+
+class SegmentationToSubject(SimpleInterface):
+    """Put a user segmentation onto the GRE grid by world coordinates (nearest neighbour;
+    no registration: it must already be in the subject's scanner space)."""
+
+    input_spec = _SegInputSpec
+    output_spec = _SegOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.bids.segmentation import load_labels
+        from qsm_bids.core.regionstats import labels_to_grid
+
+        labels, affine = load_labels(self.inputs.in_file)
+        ref = nb.load(self.inputs.reference)
+        data = labels_to_grid(labels, affine, ref.affine, ref.shape[:3])
+        self._results["dseg"] = write_like(data, self.inputs.reference, "dseg", runtime.cwd)
+        return runtime
+
+
+class _WriteSegInputSpec(BaseInterfaceInputSpec):
+    run_json = traits.Str(mandatory=True, desc="the run (run_to_json)")
+    output_dir = traits.Str(mandatory=True, desc="derivatives root")
+    bids_dir = traits.Str(mandatory=True, desc="raw BIDS root (for Sources URIs)")
+    seg_name = traits.Str(mandatory=True, desc="desc- label of the segmentation")
+    seg_file = traits.Str(mandatory=True, desc="the user's label image")
+    labels_file = traits.Str(desc="the dseg.tsv its names came from")
+    names_json = traits.Str(mandatory=True, desc="label -> region name (JSON object)")
+    warnings = traits.List(traits.Str, desc="warnings about the segmentation")
+    dseg_subject = File(exists=True, mandatory=True, desc="labels on the subject grid")
+    regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+
+
+class WriteSegmentationDerivatives(SimpleInterface):
+    """Write a run's user segmentation on the GRE grid and its region table.
+
+    Files (``<e>`` = the run's entities, ``<name>`` = the segmentation's name), all written
+    atomically::
+
+        <e>_space-orig_desc-<name>_dseg.nii.gz (+ .json, + .tsv with index and name)
+        <e>_desc-<name>_regionstats.tsv (+ .json describing the columns)
+    """
+
+    input_spec = _WriteSegInputSpec
+    output_spec = _WriteRegOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.bids.derivatives import bids_uri
+        from qsm_bids.registration.atlas import dseg_tsv
+
+        run = run_from_json(self.inputs.run_json)
+        out_dir = Path(self.inputs.output_dir)
+        bids_dir = Path(self.inputs.bids_dir)
+        name = self.inputs.seg_name
+        names = names_from_json(self.inputs.names_json)
+        seg_file = Path(self.inputs.seg_file)
+        warnings = list(self.inputs.warnings) if isdefined(self.inputs.warnings) else []
+        try:
+            seg_uri = bids_uri(seg_file, bids_dir=bids_dir)
+        except ValueError:  # outside the raw dataset: its absolute path
+            seg_uri = seg_file.resolve().as_uri()
+        written: list[str] = []
+
+        # the segmentation on the GRE grid, its sidecar and its label table
+        dseg_img = nb.load(self.inputs.dseg_subject)
+        data = np.asarray(dseg_img.dataobj)
+        dtype = np.int16 if int(data.max(initial=0)) <= np.iinfo(np.int16).max else np.int32
+        source = nb.load(str(run.phase_files[0]))
+        path = derivative_path(out_dir, run, "dseg", space=ORIG_SPACE, desc=name)
+        side = sidecar_for(run, bids_dir=bids_dir, sources=[run.phase_files[0]])
+        side["Sources"] = [seg_uri, *side["Sources"]]
+        side["Description"] = (
+            f"User segmentation '{name}' ({seg_file.name}) resampled onto the GRE grid by "
+            "world (scanner) coordinates, without registration"
+        )
+        side["SegmentationFile"] = str(seg_file)
+        if isdefined(self.inputs.labels_file) and self.inputs.labels_file:
+            side["LabelsFile"] = str(self.inputs.labels_file)
+        side["Interpolation"] = "nearest neighbour"
+        side["SoftwareVersion"] = f"qsm_bids {__version__}"
+        if warnings:
+            side["Warnings"] = warnings
+        write_nifti_atomic(
+            path, data.astype(dtype), source.affine, header=source.header, dtype=dtype, sidecar=side
+        )
+        written.append(str(path))
+        tsv = path.with_name(path.name.replace(".nii.gz", ".tsv"))
+        written.append(str(_write_bytes_atomic(tsv, dseg_tsv(names).encode())))
+
+        # region table + column descriptions
+        path = derivative_path(out_dir, run, "regionstats", desc=name, extension=".tsv")
+        _write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
+        columns = dict(REGIONSTATS_COLUMNS)
+        columns["region"] = {
+            "Description": f"region name of the segmentation '{name}' (its dseg.tsv; "
+            "label_<n> where it has none), or whole_brain for the whole brain mask"
+        }
+        columns["label"] = {"Description": "label index; 0 for the whole_brain row"}
+        side = {
+            **columns,
+            "Description": f"Susceptibility per region of the user segmentation '{name}' "
+            "inside the brain mask, in subject (GRE) space, segmentation resampled by world "
+            "coordinates (nearest neighbour); first row: whole brain",
+            "Segmentation": name,
+            "Sources": [
+                derivative_path(Path(""), run, "Chimap").as_posix(),
+                derivative_path(Path(""), run, "dseg", space=ORIG_SPACE, desc=name).as_posix(),
+                derivative_path(Path(""), run, "mask", desc="local").as_posix(),
+            ],
+        }
+        if warnings:
+            side["Warnings"] = warnings
         write_json_atomic(path.with_suffix(".json"), side)
         written.append(str(path))
         self._results["out_files"] = written

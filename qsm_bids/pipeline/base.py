@@ -7,6 +7,7 @@ The data flow, one node per arrow::
     load, mask -> r2star (R2*, T2*) -> derivatives
     load (magnitude), chi -> registration to MNI152NLin2009aSym, AAL3 into the subject,
          regional statistics -> derivatives
+    chi, user segmentation -> regional statistics -> derivatives   (--segmentation)
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import nibabel as nb
 from nipype.pipeline import engine as pe
 
 from qsm_bids.bids.layout import Run
+from qsm_bids.bids.segmentation import Segmentation
 from qsm_bids.interfaces.derivatives import WriteDerivatives
 from qsm_bids.interfaces.load import LoadRun, run_to_json
 from qsm_bids.interfaces.sign import CheckPhaseSign
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
-from qsm_bids.pipeline.registration import init_registration_wf
+from qsm_bids.pipeline.registration import init_registration_wf, init_segmentation_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
     init_inversion_wf,
@@ -66,6 +68,7 @@ def init_qsm_wf(
     reference_mask: str | None = None,
     phase_sign: str = "auto",
     registration: bool = True,
+    segmentation: Segmentation | None = None,
     n_procs: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -89,6 +92,10 @@ def init_qsm_wf(
     registration : bool, default True
         Register the magnitude to the MNI152NLin2009aSym template, bring the AAL3 atlas into
         the subject and write regional statistics (runs with magnitude images only).
+    segmentation : Segmentation or None, default None
+        A user segmentation in the subject's space (``--segmentation``, checked with
+        :func:`qsm_bids.bids.segmentation.check_segmentation`): its regional statistics
+        are written too, with or without ``registration``.
     n_procs : int, default 1
         Threads given to each FFT-heavy node.
     """
@@ -176,6 +183,14 @@ def init_qsm_wf(
             (background_wf, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
             (sign, reg_wf, [("chi", "inputnode.chi")]),
         ])  # fmt: skip
+    if segmentation is not None:
+        seg_wf = init_segmentation_wf(
+            segmentation, run=run, output_dir=output_dir, bids_dir=bids_dir, mem_gb=2 * vol + 0.3
+        )
+        wf.connect([
+            (sign, seg_wf, [("chi", "inputnode.chi")]),
+            (background_wf, seg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+        ])  # fmt: skip
     if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
         r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
         wf.connect([
@@ -198,6 +213,7 @@ def init_participant_wf(
     reference_mask: str | None = None,
     phase_sign: str = "auto",
     registration: bool = True,
+    segmentations: dict[str, Segmentation] | None = None,
     n_procs: int = 1,
 ) -> pe.Workflow:
     """All runs' QSM workflows side by side in one workflow, for one nipype execution.
@@ -205,7 +221,8 @@ def init_participant_wf(
     ``n_procs`` cores are shared: with R runs, each FFT-heavy node gets
     ``n_procs // min(R, n_procs)`` threads, so R runs can proceed in parallel.
 
-    ``mask_files`` maps a run's :attr:`~qsm_bids.bids.layout.Run.name` to a user brain mask.
+    ``mask_files`` and ``segmentations`` map a run's :attr:`~qsm_bids.bids.layout.Run.name`
+    to a user brain mask and to a user segmentation.
     """
     wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(work_dir))
     # threads per FFT-heavy node: share the cores between runs that can go side by side
@@ -222,6 +239,7 @@ def init_participant_wf(
                     reference_mask=reference_mask,
                     phase_sign=phase_sign,
                     registration=registration,
+                    segmentation=(segmentations or {}).get(run.name),
                     n_procs=threads,
                 )
             ]

@@ -8,6 +8,13 @@ The data flow, one node per arrow::
     register, chi  -> atlas (AAL3, genericLabel)         -> dseg_subject
     chi, atlas, mask -> regionstats (TSV)                -> regionstats_tsv
     all of them -> registration_derivatives (only when ``run`` is given)
+
+A user segmentation (``--segmentation``) has its own small workflow,
+:func:`init_segmentation_wf`, independent of the registration::
+
+    segmentation, chi -> to_subject (world coordinates, nearest neighbour) -> dseg_subject
+    chi, dseg_subject, mask -> regionstats (TSV)                         -> regionstats_tsv
+    all of them -> segmentation_derivatives (only when ``run`` is given)
 """
 
 from __future__ import annotations
@@ -19,13 +26,17 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from qsm_bids.bids.layout import Run
+from qsm_bids.bids.segmentation import Segmentation
 from qsm_bids.interfaces.load import run_to_json
 from qsm_bids.interfaces.registration import (
     ApplyToTemplate,
     AtlasToSubject,
     RegionStatistics,
     RegisterToTemplate,
+    SegmentationToSubject,
     WriteRegistrationDerivatives,
+    WriteSegmentationDerivatives,
+    names_to_json,
 )
 
 
@@ -134,6 +145,84 @@ def init_registration_wf(
             (register, write, [("xfm_json", "xfm_json")]),
             (to_template, write, [("out_file", "chi_template")]),
             (atlas, write, [("dseg", "dseg_subject")]),
+            (stats, write, [("out_tsv", "regionstats_tsv")]),
+            (write, outputnode, [("out_files", "out_files")]),
+        ])  # fmt: skip
+    return wf
+
+
+def init_segmentation_wf(
+    segmentation: Segmentation,
+    *,
+    mem_gb: float = 1.0,
+    run: Run | None = None,
+    output_dir: Path | None = None,
+    bids_dir: Path | None = None,
+    name: str | None = None,
+) -> pe.Workflow:
+    """Regional statistics of a user segmentation (no registration needed).
+
+    The segmentation (in the subject's scanner space) is put on the grid of ``chi`` by world
+    coordinates with nearest-neighbour interpolation, then each of its regions is summarised
+    inside ``mask`` as for AAL3 (:func:`qsm_bids.core.regionstats.region_statistics`, with a
+    whole-brain row).
+
+    Inputs: ``chi`` (ppm), ``mask`` (where chi is defined). Outputs: ``dseg_subject`` (the
+    labels on the chi grid), ``regionstats_tsv``, and ``out_files`` (only with ``run``).
+
+    Parameters
+    ----------
+    segmentation : Segmentation
+        Checked with :func:`qsm_bids.bids.segmentation.check_segmentation` (its ``names``
+        give the table's rows).
+    mem_gb : float, default 1.0
+        Memory estimate of each node.
+    run, output_dir, bids_dir : optional
+        When ``run`` is given, a :class:`WriteSegmentationDerivatives` node writes
+        ``<prefix>_space-orig_desc-<name>_dseg.nii.gz`` (+ ``.json``, ``.tsv``) and
+        ``<prefix>_desc-<name>_regionstats.tsv`` (+ ``.json``) into ``output_dir``.
+    name : str or None, default None
+        Workflow name; default ``segmentation_<name>_wf``.
+    """
+    wf = pe.Workflow(name=name or f"segmentation_{segmentation.name}_wf")
+    inputnode = pe.Node(IdentityInterface(["chi", "mask"]), name="inputnode")
+    outputnode = pe.Node(
+        IdentityInterface(["dseg_subject", "regionstats_tsv", "out_files"]), name="outputnode"
+    )
+    names_json = names_to_json(segmentation.names)
+    to_subject = pe.Node(
+        SegmentationToSubject(in_file=str(segmentation.path)), name="to_subject", mem_gb=mem_gb
+    )
+    stats = pe.Node(RegionStatistics(names_json=names_json), name="regionstats", mem_gb=mem_gb)
+    wf.connect([
+        (inputnode, to_subject, [("chi", "reference")]),
+        (inputnode, stats, [("chi", "chi"), ("mask", "mask")]),
+        (to_subject, stats, [("dseg", "dseg")]),
+        (to_subject, outputnode, [("dseg", "dseg_subject")]),
+        (stats, outputnode, [("out_tsv", "regionstats_tsv")]),
+    ])  # fmt: skip
+    if run is not None:
+        if output_dir is None or bids_dir is None:
+            raise ValueError("output_dir and bids_dir are needed to write derivatives")
+        write = pe.Node(
+            WriteSegmentationDerivatives(
+                run_json=run_to_json(run),
+                output_dir=str(output_dir),
+                bids_dir=str(bids_dir),
+                seg_name=segmentation.name,
+                seg_file=str(segmentation.path),
+                names_json=names_json,
+                warnings=list(segmentation.warnings),
+            ),
+            name="segmentation_derivatives",
+            mem_gb=mem_gb,
+            run_without_submitting=True,
+            overwrite=True,
+        )
+        if segmentation.labels_file is not None:
+            write.inputs.labels_file = str(segmentation.labels_file)
+        wf.connect([
+            (to_subject, write, [("dseg", "dseg_subject")]),
             (stats, write, [("out_tsv", "regionstats_tsv")]),
             (write, outputnode, [("out_files", "out_files")]),
         ])  # fmt: skip

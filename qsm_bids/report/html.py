@@ -9,8 +9,9 @@ path. It has one section per run (and session) with
   with the brain-mask contour, the atlas labels and R2* when present;
 * the registration check (template outlines over the run's ``space-MNI152NLin2009aSym``
   susceptibility map) when that map exists;
-* the regional statistics table (deep grey matter first) when ``*_desc-aal3_regionstats.tsv``
-  exists;
+* the regional statistics tables (deep grey matter first), one per
+  ``*_desc-<segmentation>_regionstats.tsv``: AAL3 first, then user segmentations
+  (``--segmentation``), each with its labels drawn over the susceptibility map;
 * every stage's algorithm and parameters, read from the sidecars' ``Stages``;
 * the run's processing notes and warnings, and the software version.
 
@@ -369,6 +370,20 @@ def collect_messages(sidecars: list[tuple[Path, dict]]) -> tuple[list[str], list
     return warnings, notes
 
 
+#: A user segmentation's table is shown whole up to this many rows (else folded like AAL3's).
+MAX_REGION_ROWS = 60
+
+
+def regionstats_files(run: RunFiles) -> list[tuple[str, Path]]:
+    """The run's region tables as ``(segmentation, path)``: ``aal3`` first, then by name."""
+    found = [
+        (desc, path)
+        for (space, desc, suffix, ext), path in run.files.items()
+        if suffix == "regionstats" and ext == ".tsv" and space is None and desc
+    ]
+    return sorted(found, key=lambda item: (item[0] != "aal3", item[0]))
+
+
 def read_regionstats(path: Path) -> list[dict[str, str]]:
     """Rows of a ``*_regionstats.tsv`` (``region``, ``label``, ``voxels``, ... columns)."""
     with open(path, newline="", encoding="utf-8") as fh:
@@ -535,13 +550,18 @@ _STAT_COLUMNS = (
 
 
 def _region_table(rows: list[dict[str, str]], *, deep: bool) -> str:
+    """HTML table of region rows; with ``deep``, deep grey-matter rows are highlighted."""
+    from qsm_bids.group import is_deep_grey
+
     head = "<tr><th>region</th><th>label</th>" + "".join(
         f"<th>{_e(title)}</th>" for _, title, _ in _STAT_COLUMNS
     )
     body = []
     for row in rows:
         region = row.get("region", "")
-        cls = "whole" if region.lower() == "whole_brain" else "dgm" if deep else ""
+        cls = "whole" if region.lower() == "whole_brain" else ""
+        if deep and not cls and is_deep_grey(region):
+            cls = "dgm"
         cells = "".join(
             f'<td class="num">{_e(_fmt(row.get(key), digits))}</td>'
             for key, _, digits in _STAT_COLUMNS
@@ -707,6 +727,30 @@ def _run_figures(
                 title="atlas labels in subject space",
                 labels=np.rint(dseg[0]).astype(np.int32),
             )
+        user_segs = sorted(
+            (desc, path)
+            for (space, desc, suffix, ext), path in run.files.items()
+            if suffix == "dseg" and space == "orig" and desc and ext in (".nii.gz", ".nii")
+        )
+        for desc, path in user_segs:
+            seg = load(path, f"segmentation {desc}")
+            if seg is None or seg[0].shape != chi[0].shape:
+                continue
+            draw(
+                f"seg{desc}",
+                chi[0],
+                chi[1],
+                f"Your segmentation <code>{_e(desc)}</code> on the GRE grid (resampled by "
+                "world coordinates, no registration) over the susceptibility map: it should "
+                "sit on the structures it names; a shift means it is not in this session's "
+                "scanner space.",
+                cmap="gray",
+                vmin=-QSM_WINDOW_PPM,
+                vmax=QSM_WINDOW_PPM,
+                units="ppm",
+                title=f"segmentation {desc}",
+                labels=np.rint(seg[0]).astype(np.int32),
+            )
     else:
         problems.append("no susceptibility map (Chimap) was written for this run")
 
@@ -771,8 +815,7 @@ def _run_section(
     for path, caption, alt in figs:
         src = Path(os.path.relpath(path, output_dir)).as_posix()
         parts.append(_figure(src, caption, alt))
-    stats_path = run.get("regionstats", desc="aal3", ext=".tsv")
-    if stats_path is not None:
+    for seg, stats_path in regionstats_files(run):
         try:
             rows = read_regionstats(stats_path)
         except (OSError, ValueError, csv.Error) as exc:
@@ -780,10 +823,15 @@ def _run_section(
             rows = []
         if rows:
             deep, rest = _region_rows(rows)
+            if seg == "aal3":
+                title, what = "AAL3 atlas", ": deep grey matter and the whole brain"
+            else:
+                title, what = f"segmentation <code>{_e(seg)}</code>", " (your segmentation)"
+                if len(rows) <= MAX_REGION_ROWS:  # a user's regions: all of them in view
+                    deep, rest = deep + rest, []
             parts.append(
-                "<h3>Regional susceptibility</h3><p>From "
-                f"<code>{_e(stats_path.name)}</code>: deep grey matter and the whole brain.</p>"
-                + _region_table(deep, deep=True)
+                f"<h3>Regional susceptibility, {title}</h3><p>From "
+                f"<code>{_e(stats_path.name)}</code>{what}.</p>" + _region_table(deep, deep=True)
             )
             if rest:
                 parts.append(
