@@ -299,3 +299,71 @@ def test_radians_dataset_units(tmp_path):
     side = json.loads((root / "sub-01/anat/sub-01_echo-1_part-phase_MEGRE.json").read_text())
     assert side["Units"] == "rad" and side["MagneticFieldStrength"] == 3.0
     np.testing.assert_allclose(b0_direction(img.affine), (0, 0, 1), atol=1e-9)
+
+
+# ------------------------------------------------------------------ T1w of the same subject
+def test_subject_motion_reproduces_the_subject_anatomy(phantom3):
+    from scipy import ndimage
+
+    subj = make_subject(phantom3, seed=4, oblique_deg=10.0)
+    ijk = np.indices(subj.shape).reshape(3, -1).astype(np.float32)
+    world = subj.affine[:3, :3] @ ijk + subj.affine[:3, 3:4]
+    src = subj.motion.to_source(world)
+    inv = np.linalg.inv(phantom3.affine)
+    vox = inv[:3, :3] @ src + inv[:3, 3:4]
+    labels = ndimage.map_coordinates(phantom3.labels, vox, order=0, mode="constant")
+    assert (labels.reshape(subj.shape) == subj.labels).mean() > 0.999
+
+
+def test_t1w_scan_contrast_grid_and_motion(phantom3):
+    from qsm_bids.simulate.phantom import make_subject_t1w
+
+    subj = make_subject(phantom3, seed=4)
+    scan = make_subject_t1w(subj, seed=9, voxel_size_mm=(2.0, 2.0, 2.0), orientation="LPS")
+    assert scan.image.dtype == np.float32 and scan.image.shape == scan.labels.shape
+    assert nib.aff2axcodes(scan.affine) == ("L", "P", "S")
+    assert np.allclose(scan.voxel_size, (2.0, 2.0, 2.0))
+    # a small rigid motion between the scans (at most 4 degrees and 4 mm per axis)
+    rot = scan.to_subject[:3, :3]
+    assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-9)
+    angle = np.degrees(np.arccos(np.clip((np.trace(rot) - 1) / 2, -1, 1)))
+    assert 1.2 <= angle <= 4.0 + 1e-6 and np.isclose(angle, scan.rotation_deg)
+    assert np.all(np.abs(scan.translation_mm) <= 4.0)
+    # T1 contrast: WM > deep grey > GM > CSF > skull (medians relative to WM ~ 1)
+    med = {
+        n: float(np.median(scan.image[scan.labels == NAME_TO_LABEL[n]]))
+        for n in ("wm", "thalamus", "putamen", "caudate", "gm", "csf", "skull", "scalp")
+    }
+    assert 0.9 < med["wm"] < 1.1, med
+    assert med["wm"] > med["thalamus"] > med["putamen"] > med["caudate"] > med["gm"], med
+    assert med["gm"] > med["csf"] > med["skull"] and med["scalp"] > med["gm"], med
+    # the true labels of the T1w are the subject's labels carried by the true rigid map
+    ijk = np.argwhere(subj.brain_mask)
+    x = ijk @ subj.affine[:3, :3].T + subj.affine[:3, 3]
+    inv = np.linalg.inv(scan.to_subject)
+    y = x @ inv[:3, :3].T + inv[:3, 3]
+    v = np.rint((y - scan.affine[:3, 3]) @ np.linalg.inv(scan.affine[:3, :3]).T).astype(int)
+    t1_labels = scan.labels[v[:, 0], v[:, 1], v[:, 2]]
+    assert (t1_labels == subj.labels[subj.brain_mask]).mean() > 0.75
+
+
+def test_dataset_t1w_option(datasets, tmp_path):
+    a, _ = datasets
+    assert not list(a.rglob("*T1w*"))  # off by default
+    kw = dict(subjects=1, resolution_mm=4.0, seed=5)
+    plain = simulate_dataset(tmp_path / "plain", **kw)
+    with_t1 = simulate_dataset(tmp_path / "t1", t1w=True, t1w_voxel_size_mm=(2.0, 2.0, 2.0), **kw)
+    anat = Path("sub-01") / "anat"
+    t1 = nib.load(with_t1 / anat / "sub-01_T1w.nii.gz")
+    assert t1.get_data_dtype() == np.int16 and t1.header.get_zooms()[:3] == (2.0, 2.0, 2.0)
+    side = json.loads((with_t1 / anat / "sub-01_T1w.json").read_text())
+    assert side["PulseSequenceType"] == "MPRAGE" and side["MagneticFieldStrength"] == 3.0
+    truth = with_t1 / "derivatives" / "qsm_bids-truth" / anat
+    xfm = json.loads((truth / "sub-01_from-T1w_to-orig_mode-image_xfm.json").read_text())
+    assert np.asarray(xfm["Matrix"]).shape == (4, 4)
+    dseg = nib.load(truth / "sub-01_space-T1w_dseg.nii.gz")
+    assert dseg.shape == t1.shape and np.allclose(dseg.affine, t1.affine)
+    # every other file is byte-identical to the dataset without the T1w
+    for p in plain.rglob("*"):
+        if p.is_file():
+            assert p.read_bytes() == (with_t1 / p.relative_to(plain)).read_bytes(), p

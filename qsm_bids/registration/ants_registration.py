@@ -116,6 +116,38 @@ def _save(img: nib.Nifti1Image, path: Path) -> str:
     return str(path)
 
 
+def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def _antialias_to(img: nib.Nifti1Image, voxel_mm: float) -> nib.Nifti1Image:
+    """Blur and resample an image whose voxels are finer than ``voxel_mm`` (mm) to that size.
+
+    A Gaussian of FWHM sqrt(voxel_mm^2 - v^2) along each axis of voxel size v < voxel_mm,
+    then linear resampling onto a grid of the same orientation and extent with voxel size
+    max(v, voxel_mm). A fine (e.g. 1 mm) image registered to a coarser template grid is
+    otherwise sampled without anti-aliasing at the finest level of the registration.
+    """
+    vs = _voxel_sizes(img.affine)
+    target = float(voxel_mm)
+    if np.all(vs >= 0.95 * target):
+        return img
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    sigma = np.sqrt(np.maximum(target**2 - vs**2, 0.0)) / 2.3548 / vs  # voxels
+    data = ndimage.gaussian_filter(data, sigma)
+    new_vs = np.maximum(vs, target)
+    scale = new_vs / vs
+    shape = tuple(max(1, int(np.ceil(n / f))) for n, f in zip(data.shape, scale, strict=True))
+    affine = np.asarray(img.affine, dtype=np.float64) @ np.diag([*scale, 1.0])
+    # centre the new grid on the old field of view
+    shift = ((np.array(data.shape) - 1) - (np.array(shape) - 1) * scale) / 2.0
+    affine[:3, 3] = np.asarray(img.affine)[:3, :3] @ shift + np.asarray(img.affine)[:3, 3]
+    out = ndimage.affine_transform(
+        data, np.diag(scale), offset=shift, output_shape=shape, order=1, mode="constant"
+    )
+    return nib.Nifti1Image(out.astype(np.float32), affine)
+
+
 def _xyz(values: tuple[float, ...] | tuple[int, ...]) -> str:
     return "x".join(f"{v:g}" for v in values)
 
@@ -360,21 +392,24 @@ def register_to_template(
                 ],
             )  # fmt: skip
             rigid = rigid_prefix + "0GenericAffine.mat"
-            # (2) skull-strip the T1w with the GRE mask carried into T1w space
-            t1_moving = t1_file
+            # (2) skull-strip the T1w with the GRE mask carried into T1w space (linear
+            # interpolation of the mask, > 0.5: no staircase of the coarser GRE grid)
+            t1_stripped = t1
             if mask_data is not None:
                 m_img = ants.image_read(
                     _save(nib.Nifti1Image(mask_data.astype(np.float32), gre.affine), tmp / "m.nii")
                 )
                 t1_ants = ants.image_read(t1_file)
                 m_t1 = ants.apply_transforms(
-                    t1_ants, m_img, [rigid], whichtoinvert=[True], interpolator="nearestNeighbor"
+                    t1_ants, m_img, [rigid], whichtoinvert=[True], interpolator="linear"
                 ).numpy() > 0.5  # fmt: skip
                 t1_data = np.asarray(t1.dataobj, dtype=np.float32)
-                t1_moving = _save(
-                    nib.Nifti1Image(np.where(m_t1, t1_data, 0.0), t1.affine), tmp / "t1s.nii"
-                )
-            # (3) T1w -> template, then compose
+                t1_stripped = nib.Nifti1Image(np.where(m_t1, t1_data, 0.0), t1.affine)
+            # (3) a T1w finer than the template grid is anti-aliased to the template's voxel
+            # size (else the finest level samples a 1 mm image on a 2 mm grid unsmoothed)
+            tpl_vox = float(np.min(_voxel_sizes(tpl.affine)))
+            t1_moving = _save(_antialias_to(t1_stripped, tpl_vox), tmp / "t1s.nii")
+            # (4) T1w -> template, then compose
             prefix = str(out / "t1w_to_template_")
             _register(fixed, t1_moving, prefix, seed=seed, stages=to_template_stages(t1_moving))
             affine_file = prefix + "0GenericAffine.mat"
@@ -402,6 +437,15 @@ def register_to_template(
         "SkullStrippedWithBrainMask": brain_mask is not None,
         "ViaT1w": t1w is not None,
     }
+    if t1w is not None:
+        parameters["T1wToGRE"] = (
+            "Rigid, Mattes mutual information, GRE (fixed, with skull) brain mask dilated by "
+            "3 voxels"
+            if brain_mask is not None
+            else "Rigid, Mattes mutual information"
+        )
+        parameters["T1wAntialiasedToMM"] = tpl_vox
+        parameters["Stages"] = ["Rigid (T1w to GRE)", "Rigid", "Affine", "SyN"]
     return RegistrationResult(
         to_template=to_template,
         to_template_invert=to_template_inv,

@@ -15,6 +15,14 @@ Layout (BIDS 1.10)::
         sub-01_desc-phase0_phasemap.nii.gz       echo-independent phase offset (rad)
 
 Every image of a subject shares one voxel grid and affine (which encodes any obliquity).
+
+With ``t1w=True`` each subject also has a T1w scan on its own grid (default 1 mm, axial),
+taken with the head moved slightly (a few degrees and millimetres) against the GRE::
+
+    <out_dir>/sub-01/anat/sub-01_T1w.nii.gz (+ .json)
+    <out_dir>/derivatives/qsm_bids-truth/sub-01/anat/
+        sub-01_space-T1w_dseg.nii.gz             segmentation on the T1w grid
+        sub-01_from-T1w_to-orig_mode-image_xfm.json   true rigid map T1w world -> GRE world
 """
 
 from __future__ import annotations
@@ -26,7 +34,12 @@ import numpy as np
 
 from qsm_bids.core.physics import larmor_hz
 from qsm_bids.simulate.forward import simulate_acquisition
-from qsm_bids.simulate.phantom import make_head_phantom, make_subject
+from qsm_bids.simulate.phantom import (
+    HeadPhantom,
+    make_head_phantom,
+    make_subject,
+    make_subject_t1w,
+)
 
 BIDS_VERSION = "1.10.0"
 TRUTH_NAME = "qsm_bids-truth"
@@ -69,6 +82,9 @@ def simulate_dataset(
     phase_format: str = "radians",
     snr: float = 100.0,
     seed: int = 0,
+    t1w: bool = False,
+    t1w_voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    t1w_orientation: str = "RAS",
 ) -> Path:
     """Simulate a BIDS dataset of multi-echo GRE head scans with a ground-truth derivative.
 
@@ -97,6 +113,14 @@ def simulate_dataset(
         Brain-mean m0 over the noise standard deviation per channel (inf: no noise).
     seed : int, default 0
         Random seed of the whole dataset.
+    t1w : bool, default False
+        Also write a T1w per subject (:func:`make_subject_t1w`: same anatomy, own grid, a
+        small rigid head motion against the GRE), its true segmentation and the true rigid
+        map to the GRE. Off: the dataset is exactly as without this option.
+    t1w_voxel_size_mm : tuple of 3 floats, default (1.0, 1.0, 1.0)
+        Voxel size of the T1w (mm).
+    t1w_orientation : str, default "RAS"
+        Voxel axis directions of the T1w (e.g. "RAS" axial, "PIR" sagittal).
 
     Returns
     -------
@@ -166,6 +190,8 @@ def simulate_dataset(
     root_seq = np.random.SeedSequence(int(seed))
     for lab, child in zip(labels, root_seq.spawn(subjects), strict=True):
         subj_seed, acq_seed = (int(s.generate_state(1)[0]) for s in child.spawn(2))
+        # (a third child, spawned after the first two, leaves their seeds unchanged)
+        t1w_seed = int(child.spawn(1)[0].generate_state(1)[0]) if t1w else 0
         subj = make_subject(base, seed=subj_seed, oblique_deg=oblique_deg)
         acq = simulate_acquisition(
             subj,
@@ -238,4 +264,51 @@ def simulate_dataset(
         for suffix, (data, meta) in maps.items():
             _save_nifti(tanat / f"sub-{lab}_{suffix}.nii.gz", data, aff)
             _write_json(tanat / f"sub-{lab}_{suffix}.json", {**meta, "Sources": src})
+        if t1w:
+            _write_t1w(out, lab, subj, t1w_seed, field_strength_t,
+                       tuple(float(v) for v in t1w_voxel_size_mm), t1w_orientation)  # fmt: skip
     return out
+
+
+def _write_t1w(
+    out: Path,
+    lab: str,
+    subj: HeadPhantom,
+    seed: int,
+    field_strength_t: float,
+    voxel_size_mm: tuple[float, float, float],
+    orientation: str,
+) -> None:
+    """The T1w of one subject, its true labels and the true T1w -> GRE rigid map."""
+    scan = make_subject_t1w(subj, seed=seed, voxel_size_mm=voxel_size_mm, orientation=orientation)
+    anat = out / f"sub-{lab}" / "anat"
+    data = np.clip(np.rint(scan.image * np.float32(MAGNITUDE_SCALE)), 0, 32767).astype(np.int16)
+    _save_nifti(anat / f"sub-{lab}_T1w.nii.gz", data, scan.affine)
+    _write_json(
+        anat / f"sub-{lab}_T1w.json",
+        {
+            "Manufacturer": "qsm_bids simulator",
+            "MagneticFieldStrength": float(field_strength_t),
+            "MRAcquisitionType": "3D",
+            "PulseSequenceType": "MPRAGE",
+            "RepetitionTime": 2.3,
+            "InversionTime": 0.9,
+            "EchoTime": 0.00298,
+            "FlipAngle": 9,
+        },
+    )
+    tanat = out / "derivatives" / TRUTH_NAME / f"sub-{lab}" / "anat"
+    src = [f"bids:raw:sub-{lab}/anat/sub-{lab}_T1w.nii.gz"]
+    _save_nifti(tanat / f"sub-{lab}_space-T1w_dseg.nii.gz", scan.labels, scan.affine)
+    _write_json(tanat / f"sub-{lab}_space-T1w_dseg.json", {"Sources": src})
+    _write_json(
+        tanat / f"sub-{lab}_from-T1w_to-orig_mode-image_xfm.json",
+        {
+            "Description": "True rigid map of world points (RAS+ mm) of the T1w scan to world "
+            "points of the GRE (orig) scans: the head moved between the two scans",
+            "Matrix": [[round(float(v), 10) for v in row] for row in scan.to_subject],
+            "RotationDegrees": round(float(scan.rotation_deg), 6),
+            "TranslationMM": [round(float(v), 6) for v in scan.translation_mm],
+            "Sources": src,
+        },
+    )

@@ -136,6 +136,93 @@ def r2star_scale(field_strength_t: float) -> float:
     return max(0.25, 1.0 + (float(field_strength_t) - 3.0) / 4.0)
 
 
+@dataclass(frozen=True)
+class SubjectMotion:
+    """Where the anatomy of a :func:`make_subject` subject comes from in its source phantom.
+
+    A subject-space point ``x`` (world mm of the acquisition grid) shows the source point
+    ``R^T (x + d(x) - c - t) + c``, with ``R`` = ``rotation``, ``c`` = ``centre_mm``, ``t`` =
+    ``translation_mm`` and ``d`` the smooth displacement (mm) defined on the acquisition grid
+    (``grid_affine``, ``grid_shape``); see :meth:`to_source`. The displacement is regenerated
+    on demand from the saved random-generator state, so that a subject carries no extra
+    volumes.
+
+    Attributes
+    ----------
+    centre_mm : float64 (3,)
+        Centre of the rigid motion (the source brain's centre, world mm).
+    rotation : float64 (3, 3)
+        Rotation of the rigid motion.
+    translation_mm : float64 (3,)
+        Translation of the rigid motion (mm).
+    grid_affine : float64 (4, 4)
+        Affine of the acquisition grid.
+    grid_shape : tuple of 3 ints
+        Shape of the acquisition grid.
+    voxel_mm : float
+        Voxel size of the acquisition grid (mm).
+    deformation_mm : float
+        Largest displacement (mm); 0: no deformation.
+    rng_state : dict or None
+        State of the random generator before the displacement was drawn.
+    """
+
+    centre_mm: np.ndarray
+    rotation: np.ndarray
+    translation_mm: np.ndarray
+    grid_affine: np.ndarray
+    grid_shape: tuple[int, int, int]
+    voxel_mm: float
+    deformation_mm: float = 0.0
+    rng_state: dict | None = None
+
+    def displacement(self) -> np.ndarray | None:
+        """The displacement field (mm), float32 (3, X, Y, Z) on the acquisition grid, or None."""
+        if self.deformation_mm <= 0 or self.rng_state is None:
+            return None
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.rng_state
+        return np.stack(
+            [
+                np.float32(self.deformation_mm)
+                * _smooth_random_field(rng, self.grid_shape, self.voxel_mm, 30.0)
+                for _ in range(3)
+            ]
+        )
+
+    def to_source(
+        self, points_mm: np.ndarray, displacement: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Map subject-space world points (mm) to the source phantom's world points (mm).
+
+        Parameters
+        ----------
+        points_mm : array (3, ...)
+            World coordinates (mm) in the subject's (acquisition) space.
+        displacement : float32 (3, X, Y, Z) or None, default None
+            :meth:`displacement`, when the caller already holds it (it is regenerated
+            otherwise).
+
+        Returns
+        -------
+        float32 array (3, ...)
+            World coordinates (mm) in the source phantom.
+        """
+        x = np.asarray(points_mm, dtype=np.float32)
+        if displacement is None and self.deformation_mm > 0:
+            displacement = self.displacement()
+        q = x.reshape(3, -1).copy()
+        if displacement is not None:
+            # d(x): the displacement interpolated (linearly) at x's acquisition voxel
+            inv = np.linalg.inv(self.grid_affine)
+            ijk = inv[:3, :3].astype(np.float32) @ q + inv[:3, 3:4].astype(np.float32)
+            for r in range(3):
+                q[r] += ndimage.map_coordinates(displacement[r], ijk, order=1, mode="nearest")
+        q -= (self.centre_mm + self.translation_mm).astype(np.float32)[:, None]
+        out = self.rotation.T.astype(np.float32) @ q + self.centre_mm.astype(np.float32)[:, None]
+        return out.reshape(x.shape)
+
+
 @dataclass
 class HeadPhantom:
     """A segmented head on an axis-aligned (MNI) or oblique voxel grid.
@@ -166,6 +253,9 @@ class HeadPhantom:
         The voxels of ``brain_mask`` whose resampled susceptibility is brain tissue only
         (no partial-volume skull or air); the sources of the true local field. None: the
         brain mask itself (the 1 mm master grid).
+    motion : SubjectMotion or None
+        For a subject of :func:`make_subject`: how its anatomy maps to the source phantom
+        (used to simulate other scans of the same subject, e.g. :func:`make_subject_t1w`).
     """
 
     chi: np.ndarray
@@ -179,6 +269,7 @@ class HeadPhantom:
     field_strength_t: float = 3.0
     label_names: dict[int, str] = field(default_factory=lambda: dict(LABEL_NAMES))
     tissue_mask: np.ndarray | None = None
+    motion: SubjectMotion | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -612,6 +703,7 @@ def make_subject(
         sum(np.float32(aff[r, c]) * grids[c] for c in range(3)) + np.float32(aff[r, 3])
         for r in range(3)
     ]
+    deformation_state = rng.bit_generator.state  # to regenerate the displacement (motion)
     if deformation_mm > 0:
         for r in range(3):
             world[r] = world[r] + np.float32(deformation_mm) * _smooth_random_field(
@@ -645,4 +737,275 @@ def make_subject(
         voxel_size=(vox, vox, vox),
         field_strength_t=phantom.field_strength_t,
         label_names=dict(phantom.label_names),
+        motion=SubjectMotion(
+            centre_mm=np.asarray(centre, dtype=np.float64),
+            rotation=rot,
+            translation_mm=np.asarray(trans, dtype=np.float64),
+            grid_affine=aff,
+            grid_shape=shape,
+            voxel_mm=vox,
+            deformation_mm=float(max(deformation_mm, 0.0)),
+            rng_state=deformation_state,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# A T1-weighted scan of a subject (a second acquisition of the same session)
+# --------------------------------------------------------------------------------------
+
+#: T1-weighted (MPRAGE-like) intensity per label, relative to white matter: WM bright, GM
+#: intermediate, CSF dark, deep grey nuclei between GM and WM (the iron-rich pallidum
+#: brightest), scalp fat bright, bone and air dark, venous blood dark-grey.
+T1W_INTENSITY: dict[int, float] = {
+    BACKGROUND: 0.0,
+    SCALP: 0.80,
+    SKULL: 0.10,
+    CSF: 0.25,
+    GM: 0.70,
+    WM: 1.00,
+    CAUDATE: 0.78,
+    PUTAMEN: 0.82,
+    PALLIDUM: 0.90,
+    THALAMUS: 0.86,
+    SN: 0.82,
+    RN: 0.86,
+    VEIN: 0.40,
+    AIR_SINUS: 0.0,
+    AIR_EAR: 0.0,
+}
+
+#: Partial-volume blur of the 1 mm T1w master (Gaussian sigma, mm).
+_T1W_PV_SIGMA_MM = 0.6
+
+_AXIS_CODES: dict[str, tuple[int, float]] = {
+    "R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0),
+}  # fmt: skip
+
+
+@dataclass
+class T1wScan:
+    """A simulated T1w image of a subject on its own voxel grid.
+
+    Attributes
+    ----------
+    image : float32 (X, Y, Z)
+        T1-weighted intensity (white matter about 1), with bias field and Rician noise.
+    labels : int16 (X, Y, Z)
+        True segmentation on the T1w grid (labels of :data:`LABEL_NAMES`).
+    affine : float64 (4, 4)
+        Voxel-to-world (RAS+ mm) affine of the T1w grid.
+    to_subject : float64 (4, 4)
+        Rigid map from world points of the T1w scan to world points of the subject's
+        acquisition (GRE) scan: the head moved between the two scans.
+    rotation_deg : float
+        Angle of that rigid motion (degrees).
+    translation_mm : float64 (3,)
+        Translation of that rigid motion about the moved brain centre (mm).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    to_subject: np.ndarray
+    rotation_deg: float
+    translation_mm: np.ndarray
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float]:
+        """Voxel edge lengths (mm)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def t1w_intensity(labels: np.ndarray, m0: np.ndarray) -> np.ndarray:
+    """T1-weighted intensity (white matter = 1) of a segmented phantom.
+
+    Constant :data:`T1W_INTENSITY` per label, except in the brain's CSF, GM and WM, whose
+    values the 1 mm master phantom mixes by tissue fraction: there the intensity follows the
+    proton density piecewise linearly (m0 0.68 / 0.80 / 1.0 -> T1w 1.0 / 0.70 / 0.25), which
+    carries the same partial-volume mixing into the T1 contrast. Meant for the 1 mm phantom
+    (``make_head_phantom(1.0)``), whose ``m0`` is not blurred across label boundaries.
+
+    Parameters
+    ----------
+    labels : int array (X, Y, Z)
+        Segmentation (labels of :data:`LABEL_NAMES`).
+    m0 : float array (X, Y, Z)
+        Relative proton density of the same phantom (CSF = 1), without receive bias.
+
+    Returns
+    -------
+    float32 (X, Y, Z)
+        T1-weighted intensity (dimensionless, white matter = 1, air = 0).
+    """
+    lut = np.zeros(max(T1W_INTENSITY) + 1, dtype=np.float32)
+    for lab, value in T1W_INTENSITY.items():
+        lut[lab] = value
+    lab = np.asarray(labels).astype(np.int64)
+    out = lut[np.clip(lab, 0, lut.size - 1)]
+    mixed = np.isin(lab, (CSF, GM, WM))
+    xp = [M0[WM], M0[GM], M0[CSF]]
+    fp = [T1W_INTENSITY[WM], T1W_INTENSITY[GM], T1W_INTENSITY[CSF]]
+    out[mixed] = np.interp(np.asarray(m0)[mixed], xp, fp).astype(np.float32)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _master_t1w() -> np.ndarray:
+    """T1w intensity of the 1 mm master phantom with a slight partial-volume blur (cached)."""
+    base = _master_phantom()
+    t1 = t1w_intensity(base["labels"], base["m0"])
+    t1 = ndimage.gaussian_filter(t1, _T1W_PV_SIGMA_MM)
+    t1.setflags(write=False)
+    return t1
+
+
+def _orientation_matrix(orientation: str) -> np.ndarray:
+    """3x3 matrix whose columns are the world directions of the voxel axes ("RAS", "PIR"...)."""
+    code = orientation.upper()
+    if len(code) != 3 or any(c not in _AXIS_CODES for c in code):
+        raise ValueError(f"orientation must be three of R/L, A/P, S/I, not {orientation!r}")
+    axes = [_AXIS_CODES[c] for c in code]
+    if sorted(a for a, _ in axes) != [0, 1, 2]:
+        raise ValueError(f"orientation {orientation!r} repeats an axis")
+    out = np.zeros((3, 3))
+    for col, (row, sign) in enumerate(axes):
+        out[row, col] = sign
+    return out
+
+
+def make_subject_t1w(
+    subject: HeadPhantom,
+    *,
+    seed: int = 0,
+    voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    orientation: str = "RAS",
+    fov_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    max_rotation_deg: float = 4.0,
+    max_translation_mm: float = 4.0,
+    snr: float = 40.0,
+    bias: float = 0.1,
+) -> T1wScan:
+    """A T1-weighted scan of a :func:`make_subject` subject on its own grid.
+
+    The same anatomy as the subject (its rigid motion and smooth deformation, through
+    ``subject.motion``) imaged with T1 contrast (:func:`t1w_intensity` of the 1 mm master
+    phantom, blurred by a Gaussian of sigma 0.6 mm for partial volume and, for voxels larger
+    than 1 mm, by an anti-aliasing Gaussian of FWHM sqrt(voxel^2 - 1) mm per axis). Between the
+    GRE and the T1w scan the head moves rigidly, as between two scans of a session: a rotation
+    about a random axis through the brain centre, of ``max_rotation_deg`` times U(0.3, 1), and
+    a translation uniform in +-``max_translation_mm`` per axis. The T1w grid is aligned to the
+    scanner axes in ``orientation``. A smooth multiplicative receive bias (+-``bias``) and
+    Rician noise (sigma = 1 / ``snr`` of white matter) are added. Contrast values follow
+    typical MPRAGE appearance (WM > deep grey > GM > CSF); they are illustrative, not fitted.
+
+    Parameters
+    ----------
+    subject : HeadPhantom
+        From :func:`make_subject` (it needs ``subject.motion``).
+    seed : int, default 0
+        Seed of the scan's own random draws (motion between the scans, bias, noise).
+    voxel_size_mm : tuple of 3 floats, default (1.0, 1.0, 1.0)
+        Voxel size (mm) along the three voxel axes.
+    orientation : str, default "RAS"
+        World direction of the voxel axes (e.g. "RAS" axial, "PIR" sagittal, "LPS").
+    fov_mm : tuple of 3 floats, default (0.0, 0.0, 0.0)
+        Field of view (mm) along the voxel axes, centred on the brain; 0 along an axis: the
+        whole head plus 10 mm.
+    max_rotation_deg : float, default 4.0
+        Largest rotation of the head between the GRE and the T1w scan (degrees).
+    max_translation_mm : float, default 4.0
+        Largest translation along each axis between the two scans (mm).
+    snr : float, default 40.0
+        White-matter intensity over the noise standard deviation per channel (inf: no noise).
+    bias : float, default 0.1
+        Largest relative amplitude of the receive bias field (0: none).
+
+    Returns
+    -------
+    T1wScan
+        The image, its true labels, affine and the true rigid map to the subject's GRE space.
+    """
+    if subject.motion is None:
+        raise ValueError("the subject carries no motion: make it with make_subject")
+    vs = np.asarray(voxel_size_mm, dtype=np.float64)
+    if vs.shape != (3,) or np.any(vs <= 0):
+        raise ValueError("voxel_size_mm must be three positive numbers")
+    motion = subject.motion
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 104729]))
+
+    # (1) rigid motion of the head between the scans: y = R2 (x - c) + c + t2
+    centre = motion.centre_mm + motion.translation_mm  # the subject's brain centre (mm)
+    angle = float(max_rotation_deg) * rng.uniform(0.3, 1.0)
+    rot2 = rotation_matrix(rng.standard_normal(3), angle)
+    trans2 = rng.uniform(-1.0, 1.0, 3) * float(max_translation_mm)
+    to_t1 = np.eye(4)
+    to_t1[:3, :3] = rot2
+    to_t1[:3, 3] = centre + trans2 - rot2 @ centre
+    to_subject = np.linalg.inv(to_t1)
+
+    # (2) the T1w grid: scanner-aligned axes, covering the moved head (or fov_mm)
+    axes = _orientation_matrix(orientation)
+    head = np.argwhere(subject.head_mask)[:: max(1, int(subject.head_mask.sum() // 200000))]
+    head_w = (subject.affine[:3, :3] @ head.T).T + subject.affine[:3, 3]
+    head_t1 = (rot2 @ (head_w - centre).T).T + centre + trans2
+    local = (axes.T @ (head_t1 - centre - trans2).T).T  # mm along the voxel axes
+    lo = local.min(0) - 10.0
+    hi = local.max(0) + 10.0
+    fov = np.asarray(fov_mm, dtype=np.float64)
+    lo = np.where(fov > 0, -fov / 2.0, lo)
+    hi = np.where(fov > 0, fov / 2.0, hi)
+    shape = tuple(int(n) for n in np.ceil((hi - lo) / vs).astype(int) + 1)
+    aff = np.eye(4)
+    aff[:3, :3] = axes * vs[None, :]
+    aff[:3, 3] = centre + trans2 + axes @ lo
+
+    # (3) T1 contrast of the 1 mm master, blurred to the T1w voxel size (per world axis)
+    base = _master_phantom()
+    src = _master_t1w()
+    world_vs = np.abs(axes) @ vs  # voxel size along the world axes (mm)
+    aa = np.sqrt(np.maximum(world_vs**2 - 1.0, 0.0)) / 2.3548
+    if np.any(aa > 0.05):
+        src = ndimage.gaussian_filter(src, aa)
+    src_inv = np.linalg.inv(base["affine"]).astype(np.float32)
+    disp = motion.displacement()
+
+    # (4) sample slab by slab: T1w voxel -> T1w world -> subject world -> source world -> voxel
+    image = np.empty(shape, dtype=np.float32)
+    labels = np.empty(shape, dtype=np.int16)
+    ii, jj = np.meshgrid(
+        np.arange(shape[0], dtype=np.float32), np.arange(shape[1], dtype=np.float32),
+        indexing="ij",
+    )  # fmt: skip
+    m = (to_subject @ aff).astype(np.float32)
+    step = max(1, int(4_000_000 // (shape[0] * shape[1])))
+    for k0 in range(0, shape[2], step):
+        kk = np.arange(k0, min(k0 + step, shape[2]), dtype=np.float32)
+        grid = [np.broadcast_to(g[..., None], (*g.shape, kk.size)) for g in (ii, jj)]
+        grid.append(np.broadcast_to(kk, (*shape[:2], kk.size)))
+        x = np.stack([sum(m[r, c] * grid[c] for c in range(3)) + m[r, 3] for r in range(3)])
+        p = motion.to_source(x, disp)
+        vox = np.einsum("rc,c...->r...", src_inv[:3, :3], p) + src_inv[:3, 3].reshape(3, 1, 1, 1)
+        image[..., k0 : k0 + kk.size] = ndimage.map_coordinates(
+            src, vox, order=1, mode="constant", cval=0.0
+        )
+        labels[..., k0 : k0 + kk.size] = ndimage.map_coordinates(
+            base["labels"], vox, order=0, mode="constant", cval=BACKGROUND
+        )
+
+    # (5) receive bias and Rician noise
+    if bias > 0:
+        image *= 1.0 + np.float32(bias) * _smooth_random_field(rng, shape, float(np.mean(vs)), 80.0)
+    if np.isfinite(snr) and snr > 0:
+        sigma = np.float32(1.0 / float(snr))
+        re = image + sigma * rng.standard_normal(shape, dtype=np.float32)
+        im = sigma * rng.standard_normal(shape, dtype=np.float32)
+        image = np.sqrt(re * re + im * im)
+    return T1wScan(
+        image=image.astype(np.float32, copy=False),
+        labels=labels,
+        affine=aff,
+        to_subject=to_subject,
+        rotation_deg=angle,
+        translation_mm=trans2,
     )
