@@ -63,6 +63,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
             "medi": "qsm_bids.core.inversion:medi",
             "nltv": "qsm_bids.core.inversion:nltv",
             "sstv": "qsm_bids.core.inversion:sstv",
+            "tfi": "qsm_bids.core.inversion:tfi",
         },
     ),
     "reference": (
