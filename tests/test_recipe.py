@@ -21,7 +21,7 @@ def test_every_registered_algorithm_imports_and_has_typed_parameters():
                 assert p.kind in (bool, int, float, str, tuple)
 
 
-@pytest.mark.parametrize("name", ["default", "fast", "tv"])
+@pytest.mark.parametrize("name", ["default", "fast", "tfi", "tv"])
 def test_builtin_recipes_load(name):
     assert name in builtin_recipes()
     recipe = load_recipe(name)
@@ -31,7 +31,7 @@ def test_builtin_recipes_load(name):
     assert prov["inversion"]["Algorithm"] == recipe["inversion"].algorithm
 
 
-@pytest.mark.parametrize("name", ["default", "fast", "tv"])
+@pytest.mark.parametrize("name", ["default", "fast", "tfi", "tv"])
 def test_builtin_recipes_list_every_parameter(name):
     """So that a user who copies one sees every knob (scripts/update_recipes.py)."""
     import tomllib
@@ -93,11 +93,11 @@ def test_user_recipe_file_round_trip(tmp_path: Path):
     head, rest = text.split("[inversion]\n")
     tail = rest[rest.index("\n\n") :]
     path = tmp_path / "mine.toml"
-    path.write_text(head + '[inversion]\nalgorithm = "tkd"\nthreshold = 0.15' + tail)
+    path.write_text(head + '[inversion]\nalgorithm = "tikhonov"\nlambda_ = 0.05' + tail)
     recipe = load_recipe(path)
-    assert recipe["inversion"].algorithm == "tkd"
-    assert recipe["inversion"].params["threshold"] == pytest.approx(0.15)
+    assert recipe["inversion"].algorithm == "tikhonov"
+    assert recipe["inversion"].params["lambda_"] == pytest.approx(0.05)
     # switching the algorithm but keeping the old one's parameters is an error
-    path.write_text(text.replace('algorithm = "tikhonov"', 'algorithm = "tkd"'))
+    path.write_text(text.replace('algorithm = "tkd"', 'algorithm = "tikhonov"'))
     with pytest.raises(RecipeError, match="unknown parameter"):
         load_recipe(path)
