@@ -103,6 +103,7 @@ def background_table(truth: dict) -> None:
         func = registry.get_function("background", algo)
         params = registry.resolve("background", algo, {})
         params.pop(registry.DATA_WEIGHTS, None)
+        params.pop(registry.FEEDBACK, None)
         t0 = time.perf_counter()
         est, m = func(truth["total_hz"], brain, truth["voxel_size"], truth["b0"], **params)
         results[algo] = (est, m & brain, time.perf_counter() - t0)

@@ -114,7 +114,11 @@ def bench_resolution(
         def stage(name):
             choice = recipe[name]
             func = registry.get_function(name, choice.algorithm)
-            params = {k: v for k, v in choice.params.items() if k != registry.DATA_WEIGHTS}
+            params = {
+                k: v
+                for k, v in choice.params.items()
+                if k not in (registry.DATA_WEIGHTS, registry.FEEDBACK)
+            }
             if name == "inversion" and "magnitude" in inspect.signature(func).parameters:
                 params["magnitude"] = mag_rss
             return f"{name} ({choice.algorithm})", lambda *a, **k: func(*a, **k, **params)

@@ -90,6 +90,12 @@ _SIMPLE = (bool, int, float, str)
 #: :func:`qsm_bids.core.quality.inverse_noise_weights`). Not passed to the function.
 DATA_WEIGHTS = "data_weights"
 
+#: Pipeline-level parameter of every background method that forms a local field (all but
+#: ``none``): how many times the pipeline reruns the background removal on the total field
+#: minus the field of the latest susceptibility map, then inverts again
+#: (:mod:`qsm_bids.core.background.feedback`). Not passed to the function.
+FEEDBACK = "dipole_feedback"
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -150,6 +156,8 @@ def parameters(stage: str, algorithm: str) -> dict[str, Parameter]:
             params[p.name] = Parameter(p.name, d, type(d))
     if "weights" in sig.parameters:
         params[DATA_WEIGHTS] = Parameter(DATA_WEIGHTS, False, bool)
+    if stage == "background" and algorithm != "none":
+        params[FEEDBACK] = Parameter(FEEDBACK, 0, int)
     return params
 
 

@@ -60,6 +60,35 @@ def test_run_workflow_has_every_stage(tmp_path: Path, recipe):
     assert wf.base_dir == str(tmp_path / "w")
 
 
+@pytest.mark.parametrize("passes", [0, 2])
+def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, passes):
+    """``dipole_feedback = N`` adds N background + inversion pairs, each fed the previous
+    unreferenced map; the derivatives and the sign check take the last pair's outputs."""
+    from dataclasses import replace
+
+    from qsm_bids import registry
+
+    bids = _tiny_bids(tmp_path / "bids")
+    run = find_runs(bids)[0]
+    bg = recipe["background"]
+    choice = replace(bg, params={**bg.params, registry.FEEDBACK: passes})
+    recipe = replace(recipe, stages={**recipe.stages, "background": choice})
+    wf = init_qsm_wf(run, recipe, output_dir=tmp_path / "out", bids_dir=bids)
+    names = set(wf.list_node_names())
+    for i in range(1, passes + 1):
+        assert f"background_feedback{i}_wf.background" in names
+        assert f"inversion_feedback{i}_wf.invert" in names
+    assert f"background_feedback{passes + 1}_wf.background" not in names
+    graph = wf._graph
+    last_bg = wf.get_node(f"background_feedback{passes}_wf" if passes else "background_wf")
+    last_inv = wf.get_node(f"inversion_feedback{passes}_wf" if passes else "inversion_wf")
+    assert graph.has_edge(last_inv, wf.get_node("phase_sign"))
+    assert graph.has_edge(last_bg, wf.get_node("derivatives"))
+    if passes:
+        edge = graph.get_edge_data(wf.get_node("inversion_feedback1_wf"), last_bg)
+        assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]
+
+
 def test_phase_only_runs_switch_to_the_phase_quality_mask(recipe):
     po = phase_only_recipe(recipe)
     assert po["mask"].algorithm == "phase_quality"

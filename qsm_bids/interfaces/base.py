@@ -81,6 +81,7 @@ class StageInterface(SimpleInterface):
         func = registry.get_function(self.stage, self.inputs.algorithm)
         params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
         params.pop(registry.DATA_WEIGHTS, None)
+        params.pop(registry.FEEDBACK, None)
         return func(*args, **kwargs, **params)
 
     def call_offering(self, *args: Any, **offered: Any) -> Any:

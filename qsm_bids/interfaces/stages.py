@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
+from qsm_bids.core.background.feedback import remove_with_feedback, susceptibility_field
 from qsm_bids.core.mask import combine_echoes
-from qsm_bids.core.physics import hz_to_ppm
+from qsm_bids.core.physics import hz_to_ppm, ppm_to_hz
 from qsm_bids.core.quality import inverse_noise_weights
 from qsm_bids.core.reference import reference_mean
 from qsm_bids.core.relaxometry import t2star_from_r2star
@@ -161,6 +162,12 @@ class _BackgroundInputSpec(StageInputSpec):
     field = File(exists=True, mandatory=True, desc="total field (Hz)")
     mask = File(exists=True, mandatory=True, desc="brain mask")
     noise = File(exists=True, desc="SD of the total field (Hz), for weighted methods")
+    chi = File(
+        exists=True,
+        desc="susceptibility estimate (ppm) whose field is removed first and added back "
+        "(background removal with susceptibility feedback)",
+    )
+    chi_mask = File(exists=True, desc="where chi is defined (its sources)")
 
 
 class _BackgroundOutputSpec(TraitedSpec):
@@ -178,13 +185,29 @@ class BackgroundRemoval(StageInterface):
     def _run_interface(self, runtime):
         meta = read_meta(self.inputs.meta)
         mask = read_mask(self.inputs.mask)
-        local, local_mask = self.call_offering(
-            read_volume(self.inputs.field),
-            mask,
-            tuple(meta["voxel_size"]),
-            tuple(meta["b0_dir"]),
-            weights=_noise_weights(self.inputs.noise, mask),
-        )
+        geometry = (tuple(meta["voxel_size"]), tuple(meta["b0_dir"]))
+        field = read_volume(self.inputs.field)
+        if isdefined(self.inputs.chi):
+            # feedback pass: remove(field - D chi) + D chi (core.background.feedback)
+            chi_field = ppm_to_hz(
+                susceptibility_field(
+                    read_volume(self.inputs.chi), read_mask(self.inputs.chi_mask), *geometry
+                ),
+                float(meta["field_strength"]),
+            ).astype(np.float32)
+            local, local_mask = remove_with_feedback(
+                lambda f, *a: self.call_offering(
+                    f, *a, weights=_noise_weights(self.inputs.noise, mask)
+                ),
+                field,
+                mask,
+                *geometry,
+                chi_field,
+            )
+        else:
+            local, local_mask = self.call_offering(
+                field, mask, *geometry, weights=_noise_weights(self.inputs.noise, mask)
+            )
         ref = self.inputs.mask
         self._results["local_field"] = write_like(
             np.where(local_mask, local, 0).astype(np.float32), ref, "local_hz", runtime.cwd

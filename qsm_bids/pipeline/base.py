@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nb
 from nipype.pipeline import engine as pe
 
+from qsm_bids import registry
 from qsm_bids.bids.layout import Run
 from qsm_bids.bids.segmentation import Segmentation
 from qsm_bids.interfaces.derivatives import WriteDerivatives
@@ -126,6 +127,34 @@ def init_qsm_wf(
         mem_gb=30 * vol + 0.3,
         n_procs=n_procs,
     )
+    # background removal with susceptibility feedback: rerun the background stage on the total
+    # field minus the field of the latest map, then invert again (the last pair is used)
+    feedback = int(recipe["background"].params.get(registry.FEEDBACK, 0))
+    stages = [(background_wf, inversion_wf)]
+    for i in range(1, feedback + 1):
+        bg_i = init_background_wf(
+            recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs,
+            name=f"background_feedback{i}_wf",
+        )  # fmt: skip
+        inv_i = init_inversion_wf(
+            recipe["inversion"], recipe["reference"], reference_mask=reference_mask,
+            mem_gb=30 * vol + 0.3, n_procs=n_procs, name=f"inversion_feedback{i}_wf",
+        )  # fmt: skip
+        prev_bg, prev_inv = stages[-1]
+        wf.connect([
+            (load, bg_i, [("meta", "inputnode.meta")]),
+            (mask_wf, bg_i, [("outputnode.mask", "inputnode.mask")]),
+            (combine_wf, bg_i, [("outputnode.field", "inputnode.field"),
+                                ("outputnode.noise", "inputnode.noise")]),
+            (prev_inv, bg_i, [("outputnode.chi_raw", "inputnode.chi")]),
+            (prev_bg, bg_i, [("outputnode.local_mask", "inputnode.chi_mask")]),
+            (load, inv_i, [("meta", "inputnode.meta"), ("magnitude", "inputnode.magnitude")]),
+            (combine_wf, inv_i, [("outputnode.noise", "inputnode.noise")]),
+            (bg_i, inv_i, [("outputnode.local_field", "inputnode.local_field"),
+                           ("outputnode.local_mask", "inputnode.local_mask")]),
+        ])  # fmt: skip
+        stages.append((bg_i, inv_i))
+    last_bg, last_inv = stages[-1]
     sign = pe.Node(CheckPhaseSign(mode=phase_sign), name="phase_sign", mem_gb=2 * vol + 0.1)
     write = pe.Node(
         WriteDerivatives(
@@ -160,11 +189,11 @@ def init_qsm_wf(
         (load, write, [("meta", "meta")]),
         (mask_wf, write, [("outputnode.mask", "mask")]),
         (combine_wf, write, [("outputnode.field", "total_field")]),
-        (background_wf, write, [("outputnode.local_field", "local_field"),
-                                ("outputnode.local_mask", "local_mask")]),
-        (inversion_wf, write, [("outputnode.reference_note", "reference_note")]),
-        (inversion_wf, sign, [("outputnode.chi", "chi")]),
-        (background_wf, sign, [("outputnode.local_mask", "mask")]),
+        (last_bg, write, [("outputnode.local_field", "local_field"),
+                          ("outputnode.local_mask", "local_mask")]),
+        (last_inv, write, [("outputnode.reference_note", "reference_note")]),
+        (last_inv, sign, [("outputnode.chi", "chi")]),
+        (last_bg, sign, [("outputnode.local_mask", "mask")]),
         (sign, write, [("chi", "chi"), ("sign", "sign"), ("report", "sign_check")]),
     ])  # fmt: skip
     if run.magnitude_files and registration:
@@ -180,7 +209,7 @@ def init_qsm_wf(
             reg_wf.inputs.inputnode.t1w = str(run.t1w)
         wf.connect([
             (load, reg_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-            (background_wf, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+            (last_bg, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
             (sign, reg_wf, [("chi", "inputnode.chi")]),
         ])  # fmt: skip
     if segmentation is not None:
@@ -189,7 +218,7 @@ def init_qsm_wf(
         )
         wf.connect([
             (sign, seg_wf, [("chi", "inputnode.chi")]),
-            (background_wf, seg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+            (last_bg, seg_wf, [("outputnode.local_mask", "inputnode.mask")]),
         ])  # fmt: skip
     if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
         r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
@@ -197,8 +226,9 @@ def init_qsm_wf(
             (load, r2star_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
             (mask_wf, r2star_wf, [("outputnode.mask", "inputnode.mask")]),
             (r2star_wf, write, [("outputnode.r2star", "r2star"), ("outputnode.t2star", "t2star")]),
-            (r2star_wf, inversion_wf, [("outputnode.r2star", "inputnode.r2star")]),
         ])  # fmt: skip
+        for _, inv in stages:
+            wf.connect(r2star_wf, "outputnode.r2star", inv, "inputnode.r2star")
     return wf
 
 

@@ -16,16 +16,20 @@ def init_background_wf(
 ) -> pe.Workflow:
     """Background field removal.
 
-    Inputs: ``field`` (total, Hz), ``noise`` (its SD, Hz; optional), ``mask``, ``meta``.
+    Inputs: ``field`` (total, Hz), ``noise`` (its SD, Hz; optional), ``mask``, ``meta``;
+    optional ``chi`` (ppm) and ``chi_mask``: a susceptibility estimate whose field is removed
+    first and added back (a feedback pass, :mod:`qsm_bids.core.background.feedback`).
     Outputs: ``local_field`` (Hz), ``local_mask``.
     """
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(IdentityInterface(["field", "noise", "mask", "meta"]), name="inputnode")
+    inputnode = pe.Node(
+        IdentityInterface(["field", "noise", "mask", "meta", "chi", "chi_mask"]), name="inputnode"
+    )
     outputnode = pe.Node(IdentityInterface(["local_field", "local_mask"]), name="outputnode")
     node = stage_node(BackgroundRemoval, choice, name="background", mem_gb=mem_gb, n_procs=n_procs)
     wf.connect([
         (inputnode, node, [("field", "field"), ("noise", "noise"), ("mask", "mask"),
-                           ("meta", "meta")]),
+                           ("meta", "meta"), ("chi", "chi"), ("chi_mask", "chi_mask")]),
         (node, outputnode, [("local_field", "local_field"), ("local_mask", "local_mask")]),
     ])  # fmt: skip
     return wf
@@ -44,15 +48,16 @@ def init_inversion_wf(
 
     Inputs: ``local_field`` (Hz), ``local_mask``, ``meta``; optional ``noise`` (SD of the
     field, Hz), ``magnitude`` (4D) and ``r2star`` (1/s), given to the algorithms that use
-    them. Outputs: ``chi`` (ppm, referenced), ``reference_note`` (non-empty when the chosen
-    referencing fell back to the whole brain).
+    them. Outputs: ``chi`` (ppm, referenced), ``chi_raw``
+    (before referencing), ``reference_note`` (non-empty when the chosen referencing fell
+    back to the whole brain).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude", "r2star"]),
         name="inputnode",
     )
-    outputnode = pe.Node(IdentityInterface(["chi", "reference_note"]), name="outputnode")
+    outputnode = pe.Node(IdentityInterface(["chi", "chi_raw", "reference_note"]), name="outputnode")
     invert = stage_node(DipoleInversion, inversion, name="invert", mem_gb=mem_gb, n_procs=n_procs)
     ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb / 4, n_procs=1)
     if reference_mask:
@@ -63,6 +68,7 @@ def init_inversion_wf(
         (inputnode, ref, [("local_mask", "mask"), ("meta", "meta"), ("r2star", "r2star"),
                           ("magnitude", "magnitude")]),
         (invert, ref, [("chi", "chi")]),
+        (invert, outputnode, [("chi", "chi_raw")]),
         (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
     return wf
