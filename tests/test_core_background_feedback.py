@@ -10,16 +10,11 @@ from qsm_bids import registry
 from qsm_bids.core.background import lbv, pdf, remove_with_feedback, susceptibility_field
 from qsm_bids.core.inversion import medi
 from qsm_bids.core.kernels import dipole_convolve
+from qsm_bids.core.metrics import nrmse as _nrmse
 
 VOX = (2.0, 2.0, 2.0)
 B0 = (0.0, 0.0, 1.0)
 N = 64
-
-
-def _nrmse(x: np.ndarray, truth: np.ndarray, region: np.ndarray) -> float:
-    a = x[region] - x[region].mean()
-    t = truth[region] - truth[region].mean()
-    return float(100 * np.linalg.norm(a - t) / np.linalg.norm(t))
 
 
 @pytest.fixture(scope="module")
