@@ -79,8 +79,7 @@ def inversion_table(truth: dict, noise_ppm: float, seed: int) -> dict[str, np.nd
     out = {}
     for algo in registry.algorithms("inversion"):
         func = registry.get_function("inversion", algo)
-        params = registry.resolve("inversion", algo, {})
-        params.pop(registry.DATA_WEIGHTS, None)
+        params = registry.function_kwargs(registry.resolve("inversion", algo, {}))
         if "magnitude" in inspect.signature(func).parameters:
             params["magnitude"] = truth["magnitude"]
         t0 = time.perf_counter()
@@ -101,9 +100,7 @@ def background_table(truth: dict) -> None:
     results = {}
     for algo in registry.algorithms("background"):
         func = registry.get_function("background", algo)
-        params = registry.resolve("background", algo, {})
-        params.pop(registry.DATA_WEIGHTS, None)
-        params.pop(registry.FEEDBACK, None)
+        params = registry.function_kwargs(registry.resolve("background", algo, {}))
         t0 = time.perf_counter()
         est, m = func(truth["total_hz"], brain, truth["voxel_size"], truth["b0"], **params)
         results[algo] = (est, m & brain, time.perf_counter() - t0)

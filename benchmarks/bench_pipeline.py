@@ -114,11 +114,7 @@ def bench_resolution(
         def stage(name):
             choice = recipe[name]
             func = registry.get_function(name, choice.algorithm)
-            params = {
-                k: v
-                for k, v in choice.params.items()
-                if k not in (registry.DATA_WEIGHTS, registry.FEEDBACK)
-            }
+            params = registry.function_kwargs(choice.params)
             if name == "inversion" and "magnitude" in inspect.signature(func).parameters:
                 params["magnitude"] = mag_rss
             return f"{name} ({choice.algorithm})", lambda *a, **k: func(*a, **k, **params)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from qsm_bids import __version__
+from qsm_bids.core.regionstats import COLUMNS
 from qsm_bids.errors import QSMInputError
 
 #: The normalised maps' template.
@@ -54,15 +55,7 @@ DEEP_GREY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 #: Statistics columns of a run's ``regionstats.tsv``, in order.
-STAT_COLUMNS: tuple[str, ...] = (
-    "voxels",
-    "volume_mm3",
-    "mean_ppm",
-    "median_ppm",
-    "std_ppm",
-    "p25_ppm",
-    "p75_ppm",
-)
+STAT_COLUMNS: tuple[str, ...] = COLUMNS[COLUMNS.index("voxels") :]
 
 #: Entities of the group table, with their column names.
 _ENTITY_COLUMNS: tuple[tuple[str, str], ...] = (

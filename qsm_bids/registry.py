@@ -96,6 +96,14 @@ DATA_WEIGHTS = "data_weights"
 #: (:mod:`qsm_bids.core.background.feedback`). Not passed to the function.
 FEEDBACK = "dipole_feedback"
 
+#: The pipeline-level parameters above: validated with the algorithm's, never passed to it.
+PIPELINE_PARAMETERS: frozenset[str] = frozenset({DATA_WEIGHTS, FEEDBACK})
+
+
+def function_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` without the pipeline-level parameters: what the core function takes."""
+    return {k: v for k, v in params.items() if k not in PIPELINE_PARAMETERS}
+
 
 @dataclass(frozen=True)
 class Parameter:

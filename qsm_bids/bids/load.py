@@ -243,6 +243,23 @@ def _stack_volumes(files: tuple[Path, ...], volumes: tuple[int, ...], run: Run) 
 # --------------------------------------------------------------------------------------
 
 
+def _open_on_grid(
+    path: Path, echoes: list, ref: tuple | None
+) -> tuple[Any, tuple[int, ...], int, tuple]:
+    """Open one image of a run and check its shape, and its grid against ``ref`` (the first
+    image's ``(path, shape, affine)``). Returns the image, its 3D shape, its number of
+    volumes (0 for a 3D file) and ``ref`` (this image's grid when ``ref`` is None)."""
+    img = _open(path)
+    n_vol = len(echoes) if echoes[0][1] is not None else 0
+    shape = _check_shape(path, img.shape, n_vol)
+    aff = np.asarray(img.affine, dtype=np.float64)
+    if ref is None:
+        ref = (path, shape, aff)
+    else:
+        _check_grid(path, shape, aff, ref)
+    return img, shape, n_vol, ref
+
+
 def validate_run(run: Run, *, read_data: bool = True) -> list[str]:
     """Check every file of a run before any heavy work starts.
 
@@ -277,14 +294,7 @@ def validate_run(run: Run, *, read_data: bool = True) -> list[str]:
     for what, files, volumes in _part_list(run):
         _stack_volumes(files, volumes, run)
         for path, echoes in _echo_sources(files, volumes).items():
-            img = _open(path)
-            n_vol = len(echoes) if echoes[0][1] is not None else 0
-            shape = _check_shape(path, img.shape, n_vol)
-            aff = np.asarray(img.affine, dtype=np.float64)
-            if ref is None:
-                ref = (path, shape, aff)
-            else:
-                _check_grid(path, shape, aff, ref)
+            img, shape, _, ref = _open_on_grid(path, echoes, ref)
             images.append((what, path, echoes, img, shape))
     if not read_data:
         return notes
@@ -349,17 +359,12 @@ def _load_part(
     header = None
     scaled: list[str] = []
     for path, echoes in _echo_sources(files, volumes).items():
-        img = _open(path)
-        n_vol = len(echoes) if echoes[0][1] is not None else 0
-        shape = _check_shape(path, img.shape, n_vol)
-        aff = np.asarray(img.affine, dtype=np.float64)
-        if ref is None:
-            ref = (path, shape, aff)
+        first = ref is None
+        img, shape, n_vol, ref = _open_on_grid(path, echoes, ref)
+        if first:
             header = img.header.copy()
             if n_vol:
                 header.set_data_shape(shape)
-        else:
-            _check_grid(path, shape, aff, ref)
         if what == "phase" and (note := _scaling_note(img, path)):
             scaled.append(note)
         data = _get_data(img, path)

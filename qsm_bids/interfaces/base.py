@@ -80,9 +80,7 @@ class StageInterface(SimpleInterface):
         os.environ["QSM_BIDS_NUM_THREADS"] = str(max(1, self.inputs.num_threads))
         func = registry.get_function(self.stage, self.inputs.algorithm)
         params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
-        params.pop(registry.DATA_WEIGHTS, None)
-        params.pop(registry.FEEDBACK, None)
-        return func(*args, **kwargs, **params)
+        return func(*args, **kwargs, **registry.function_kwargs(params))
 
     def call_offering(self, *args: Any, **offered: Any) -> Any:
         """Call the chosen algorithm with ``args`` and the ``offered`` inputs it names.

@@ -26,8 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from qsm_bids.core import kernels
-from qsm_bids.core.linalg import axpy as _axpy
-from qsm_bids.core.linalg import dot as _dot
+from qsm_bids.core.linalg import conjugate_gradient
 
 __all__ = ["pdf"]
 
@@ -148,31 +147,16 @@ def pdf(
     #   A chi = b,  A = (1 - M) D^T W^2 M D (1 - M),  b = (1 - M) D^T W^2 M field,
     # with D symmetric (real kernel); W^2 is zero outside the mask, so it carries M.
     outside = (~mp).astype(np.float32)
-    x = np.zeros(shape, dtype=np.float32)
-    r = dipole(w2p * fp)
-    r *= outside
-    p = r.copy()
-    rs = _dot(r, r)
-    stop = (float(tolerance) ** 2) * rs
-    for _ in range(int(max_iter)):
-        if rs <= stop or rs == 0.0:
-            break
-        # A p: (1 - M) D W^2 D p; p is already zero inside the mask.
+
+    def apply_a(p: np.ndarray, out: np.ndarray) -> None:
+        # A p = (1 - M) D W^2 D p; p is already zero inside the mask.
         ap = dipole(p)
         ap *= w2p
-        ap = dipole(ap)
-        ap *= outside
-        p_ap = _dot(p, ap)
-        if p_ap <= 0.0:
-            break
-        alpha = np.float32(rs / p_ap)
-        _axpy(alpha, p, x)  # x += alpha p
-        _axpy(-alpha, ap, r)  # r -= alpha A p
-        rs_new = _dot(r, r)
-        p *= np.float32(rs_new / rs)  # p = r + beta p
-        p += r
-        rs = rs_new
-    del r, p, w2p, outside
+        np.multiply(dipole(ap), outside, out=out)
+
+    rhs = dipole(w2p * fp)
+    rhs *= outside
+    x = conjugate_gradient(apply_a, rhs, max_iter=int(max_iter), tol=float(tolerance))
 
     # Subtract the field of the fitted outside sources.
     local = fp - dipole(x)

@@ -42,6 +42,32 @@ def _sphere_voxel_count(voxel_size: Sequence[float], radius_mm: float) -> int:
     return max(int(np.count_nonzero(r2 <= np.float32(radius_mm) ** 2)), 1)
 
 
+def distinct_radii(radii_mm: Sequence[float], voxel_size: Sequence[float]) -> list[float]:
+    """The SMV radii (mm) that give distinct discrete spheres, largest first.
+
+    A radius below the smallest voxel edge gives a one-voxel sphere (delta - S = 0), and
+    radii giving the same discrete sphere as a larger one (nested spheres, same voxel count)
+    add nothing; both are dropped. Raises ``ValueError`` when no radius is left or a radius
+    is not positive.
+    """
+    vs = tuple(float(v) for v in voxel_size)
+    radii = sorted({float(r) for r in radii_mm}, reverse=True)
+    if not radii or radii[-1] <= 0:
+        raise ValueError(f"radii_mm must be positive, got {radii_mm}")
+    counts = [_sphere_voxel_count(vs, r) for r in radii]
+    radii = [
+        r
+        for i, (r, n) in enumerate(zip(radii, counts, strict=True))
+        if n > 1 and (i == 0 or n != counts[i - 1])
+    ]
+    if not radii:
+        raise ValueError(
+            f"every radius in {radii_mm} mm is below the voxel size {vs}: the spheres are "
+            "single voxels and remove nothing"
+        )
+    return radii
+
+
 def vsharp(
     field: np.ndarray,
     mask: np.ndarray,
@@ -100,23 +126,7 @@ def vsharp(
     if f.ndim != 3 or f.shape != m.shape:
         raise ValueError(f"field {f.shape} and mask {m.shape} must be 3D arrays of one shape")
     vs = tuple(float(v) for v in voxel_size)
-    radii = sorted({float(r) for r in radii_mm}, reverse=True)
-    if not radii or radii[-1] <= 0:
-        raise ValueError(f"radii_mm must be positive, got {radii_mm}")
-    # A radius below the smallest voxel edge gives a one-voxel sphere (delta - S = 0), and
-    # radii giving the same discrete sphere as a larger one (nested spheres, same voxel
-    # count) add nothing.
-    counts = [_sphere_voxel_count(vs, r) for r in radii]
-    radii = [
-        r
-        for i, (r, n) in enumerate(zip(radii, counts, strict=True))
-        if n > 1 and (i == 0 or n != counts[i - 1])
-    ]
-    if not radii:
-        raise ValueError(
-            f"every radius in {radii_mm} mm is below the voxel size {vs}: the spheres are "
-            "single voxels and remove nothing"
-        )
+    radii = distinct_radii(radii_mm, vs)
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
 

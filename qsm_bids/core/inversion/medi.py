@@ -27,7 +27,7 @@ from qsm_bids.core.inversion.tkd import (
 )
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
-from qsm_bids.core.linalg import axpy, dot
+from qsm_bids.core.linalg import conjugate_gradient
 
 __all__ = ["medi"]
 
@@ -84,6 +84,51 @@ def _edge_mask(
         return [np.ones(box.shape, np.float32) for _ in range(3)]
     thr = np.float32(np.quantile(comps, 1.0 - float(edge_percentage)))
     return [(np.abs(g) <= thr).astype(np.float32) for g in grads]
+
+
+def _check_gauss_newton(
+    lambda_: float, edge_percentage: float, max_iter: int, cg_max_iter: int
+) -> None:
+    """Validate the parameters MEDI and TFI share; raise ``ValueError``."""
+    if float(lambda_) <= 0:
+        raise ValueError(f"lambda_ must be > 0, got {lambda_}")
+    if not 0.0 <= float(edge_percentage) < 1.0:
+        raise ValueError(f"edge_percentage must be in [0, 1), got {edge_percentage}")
+    if int(max_iter) < 1 or int(cg_max_iter) < 1:
+        raise ValueError("max_iter and cg_max_iter must be >= 1")
+
+
+def _lagged_diffusivity(
+    edge: list[np.ndarray], grads: list[np.ndarray], eps: np.float32, out: list[np.ndarray]
+) -> None:
+    """``out[a] = M_a^2 / sqrt((M_a g_a)^2 + eps)`` in place: the lagged-diffusivity weights
+    that turn the L1 norm ``||M G y||_1`` into a quadratic around the current ``y`` (its
+    gradient ``g = G y``); ``eps`` (rad^2 per voxel^2) smooths ``|x|`` at 0."""
+    for ma, g, ra in zip(edge, grads, out, strict=True):
+        np.multiply(ma, g, out=ra)
+        np.square(ra, out=ra)
+        ra += eps
+        np.sqrt(ra, out=ra)
+        np.divide(ma, ra, out=ra)
+        ra *= ma
+
+
+def _reg_apply(
+    x: np.ndarray,
+    r: list[np.ndarray],
+    inv_h: list[float],
+    gy: list[np.ndarray],
+    tmp: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """``out = G^T R G x`` with ``R`` the per-axis weights ``r``; ``gy`` (3 volumes) and
+    ``tmp`` are scratch buffers."""
+    for g in gy:
+        g.fill(0)
+    _grad_add(x, inv_h, gy)
+    for g, ra in zip(gy, r, strict=True):
+        g *= ra
+    return _grad_adjoint(gy, inv_h, out, tmp)
 
 
 def medi(
@@ -170,12 +215,7 @@ def medi(
     of the TV-regularised QSM solvers (e.g. Bilgic B et al., MRM 2014;72:1444); MEDI itself
     uses plain CG.
     """
-    if float(lambda_) <= 0:
-        raise ValueError(f"lambda_ must be > 0, got {lambda_}")
-    if not 0.0 <= float(edge_percentage) < 1.0:
-        raise ValueError(f"edge_percentage must be in [0, 1), got {edge_percentage}")
-    if int(max_iter) < 1 or int(cg_max_iter) < 1:
-        raise ValueError("max_iter and cg_max_iter must be >= 1")
+    _check_gauss_newton(lambda_, edge_percentage, max_iter, cg_max_iter)
     f, _, shape, box = _prepare(local_field, mask)
     w2 = _weights_sq(weights, mask, box)
     s = _phase_scale(f, w2, phase_scale)
@@ -192,64 +232,45 @@ def medi(
     inside = w2 > 0
     tmp = np.empty(shape, np.float32)
     gy = [np.empty(shape, np.float32) for _ in range(3)]
+    r = [np.empty(shape, np.float32) for _ in range(3)]
 
     def dconv(x: np.ndarray) -> np.ndarray:
         return irfftn(rfftn(x) * d, s=shape).astype(np.float32, copy=False)
 
-    def reg_op(x: np.ndarray, r: list[np.ndarray], out: np.ndarray) -> np.ndarray:
-        """``G^T R G x`` with ``R`` the lagged-diffusivity weights (M^2 / |M G y|)."""
-        for g in gy:
-            g.fill(0)
-        _grad_add(x, inv_h, gy)
-        for g, ra in zip(gy, r, strict=True):
-            g *= ra
-        return _grad_adjoint(gy, inv_h, out, tmp)
-
-    def hess(x: np.ndarray, r: list[np.ndarray], out: np.ndarray) -> np.ndarray:
+    def hess(x: np.ndarray, out: np.ndarray) -> None:
         """Gauss-Newton Hessian ``G^T R G + 2 lambda D W^2 D`` applied to ``x``."""
-        reg_op(x, r, out)
+        _reg_apply(x, r, inv_h, gy, tmp, out)
         dx = dconv(x)
         dx *= w2
-        out += lam2 * dconv(dx)
-        return out
+        dx = dconv(dx)
+        dx *= lam2
+        out += dx
 
     y = np.zeros(shape, np.float32)
-    ap = np.empty(shape, np.float32)
+    grad = np.empty(shape, np.float32)
     for _ in range(int(max_iter)):
         # Liu T 2013: linearise exp(i D y) around y; lagged diffusivity for the L1 term
         for g in gy:
             g.fill(0)
         _grad_add(y, inv_h, gy)
-        r = [m * m / np.sqrt((m * g) ** 2 + eps) for m, g in zip(edge, gy, strict=True)]
+        _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost: G^T R G y + 2 lambda D W^2 sin(D y - phi)
-        grad = reg_op(y, r, np.empty(shape, np.float32))
+        _reg_apply(y, r, inv_h, gy, tmp, grad)
         grad += lam2 * dconv(w2 * np.sin(dconv(y) - phi))
         # k-space preconditioner: the Hessian with R replaced by a constant weight
         rbar = PRECOND_WEIGHT * float(np.mean([np.median(ra[inside]) for ra in r]))
         kinv = lam2 * d2 + np.float32(rbar) * gsym
         np.maximum(kinv, np.float32(1e-6) * kinv.max(), out=kinv)
         np.divide(np.float32(1), kinv, out=kinv)
+
+        def precond(v: np.ndarray, kinv: np.ndarray = kinv) -> np.ndarray:
+            return irfftn(rfftn(v) * kinv, s=shape).astype(np.float32, copy=False)
+
         # preconditioned conjugate gradients on hess(dy) = -grad
-        dy = np.zeros(shape, np.float32)
-        res = np.negative(grad, out=grad)
-        z = irfftn(rfftn(res) * kinv, s=shape).astype(np.float32, copy=False)
-        p = z.copy()
-        rz = dot(res, z)
-        stop = float(cg_tol) ** 2 * dot(res, res)
-        for _k in range(int(cg_max_iter)):
-            if rz == 0.0:
-                break
-            hess(p, r, ap)
-            alpha = rz / dot(p, ap)
-            axpy(alpha, p, dy)
-            axpy(-alpha, ap, res)
-            if dot(res, res) <= stop:
-                break
-            z = irfftn(rfftn(res) * kinv, s=shape).astype(np.float32, copy=False)
-            rz_new = dot(res, z)
-            p *= np.float32(rz_new / rz)
-            p += z
-            rz = rz_new
+        np.negative(grad, out=grad)
+        dy = conjugate_gradient(
+            hess, grad, max_iter=int(cg_max_iter), tol=float(cg_tol), precond=precond
+        )
         y += dy
         norm = float(np.linalg.norm(y.ravel()))
         if norm > 0 and float(np.linalg.norm(dy.ravel())) / norm < float(tol):

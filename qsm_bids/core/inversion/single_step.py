@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from qsm_bids.core.background._common import _smv_and_erosion
-from qsm_bids.core.background.vsharp import _sphere_voxel_count
+from qsm_bids.core.background.vsharp import distinct_radii
 from qsm_bids.core.inversion.tkd import (
     _finish,
     _grad_scale,
@@ -140,17 +140,7 @@ def sstv(
     vs = tuple(float(v) for v in voxel_size)
     if len(vs) != 3 or min(vs) <= 0:
         raise ValueError(f"voxel_size must be 3 positive floats, got {voxel_size}")
-    radii = sorted({float(r) for r in radii_mm}, reverse=True)
-    if not radii or radii[-1] <= 0:
-        raise ValueError(f"radii_mm must be positive, got {radii_mm}")
-    counts = [_sphere_voxel_count(vs, r) for r in radii]
-    radii = [
-        r
-        for i, (r, n) in enumerate(zip(radii, counts, strict=True))
-        if n > 1 and (i == 0 or n != counts[i - 1])
-    ]
-    if not radii:
-        raise ValueError(f"every radius in {radii_mm} mm is below the voxel size {vs}")
+    radii = distinct_radii(radii_mm, vs)
 
     # Pad the box by the largest radius so that the spheres never wrap.
     margin = max(8, int(math.ceil(radii[0] / min(vs))) + 2)

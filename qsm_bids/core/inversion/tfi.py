@@ -27,10 +27,17 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from qsm_bids.core.inversion.medi import _edge_mask, _phase_scale
+from qsm_bids.core.inversion.medi import (
+    _check_gauss_newton,
+    _edge_mask,
+    _lagged_diffusivity,
+    _phase_scale,
+    _reg_apply,
+)
 from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _prepare, _weights_sq
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
+from qsm_bids.core.inversion.tv_admm import _grad_add
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
+from qsm_bids.core.linalg import conjugate_gradient
 
 __all__ = ["tfi"]
 
@@ -147,18 +154,13 @@ def tfi(
         brain-only data (a uniform susceptibility in the mask has a harmonic field there);
         reference it afterwards.
     """
-    if float(lambda_) <= 0:
-        raise ValueError(f"lambda_ must be > 0, got {lambda_}")
+    _check_gauss_newton(lambda_, edge_percentage, max_iter, cg_max_iter)
     if float(preconditioner) <= 0:
         raise ValueError(f"preconditioner must be > 0, got {preconditioner}")
     if float(outside_weight) < 0:
         raise ValueError(f"outside_weight must be >= 0, got {outside_weight}")
     if not math.isfinite(float(extension_mm)):
         raise ValueError(f"extension_mm must be finite, got {extension_mm}")
-    if not 0.0 <= float(edge_percentage) < 1.0:
-        raise ValueError(f"edge_percentage must be in [0, 1), got {edge_percentage}")
-    if int(max_iter) < 1 or int(cg_max_iter) < 1:
-        raise ValueError("max_iter and cg_max_iter must be >= 1")
     vs = tuple(float(v) for v in voxel_size)
     inv_h = [float(x) for x in 1.0 / _grad_scale(vs)]
     ext = float(extension_mm)
@@ -197,19 +199,10 @@ def tfi(
     def dconv(x: np.ndarray) -> np.ndarray:
         return irfftn(rfftn(x) * d, s=shape).astype(np.float32, copy=False)
 
-    def reg_op(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``G^T R G x`` with ``R`` the lagged-diffusivity weights (M^2 / |M G chi|)."""
-        for g in gy:
-            g.fill(0)
-        _grad_add(x, inv_h, gy)
-        for g, ra in zip(gy, r, strict=True):
-            g *= ra
-        return _grad_adjoint(gy, inv_h, out, tmp)
-
     def hess(p: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Preconditioned Gauss-Newton Hessian ``P (G^T R G + 2 lambda D W^2 D) P p``."""
         np.multiply(p, prec, out=buf)
-        reg_op(buf, out)
+        _reg_apply(buf, r, inv_h, gy, tmp, out)
         x = dconv(buf)
         x *= w2
         x = dconv(x)
@@ -220,25 +213,16 @@ def tfi(
 
     y = np.zeros(shape, np.float32)
     chi = np.zeros(shape, np.float32)
-    dy = np.empty(shape, np.float32)
     res = np.empty(shape, np.float32)
-    p = np.empty(shape, np.float32)
-    ap = np.empty(shape, np.float32)
     for _ in range(int(max_iter)):
         # Liu T 2013: linearise exp(i D chi) around chi; lagged diffusivity for the L1 term
         np.multiply(y, prec, out=chi)
         for g in gy:
             g.fill(0)
         _grad_add(chi, inv_h, gy)
-        for g, ma, ra in zip(gy, edge, r, strict=True):
-            np.multiply(ma, g, out=ra)
-            np.square(ra, out=ra)
-            ra += eps
-            np.sqrt(ra, out=ra)
-            np.divide(ma, ra, out=ra)
-            ra *= ma
+        _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost in y: P [G^T R G chi + 2 lambda D W^2 sin(D chi - phi)]
-        reg_op(chi, res)
+        _reg_apply(chi, r, inv_h, gy, tmp, res)
         x = dconv(chi)
         x -= phi
         np.sin(x, out=x)
@@ -249,21 +233,7 @@ def tfi(
         res *= prec
         np.negative(res, out=res)  # CG residual of hess(dy) = -grad at dy = 0
         # conjugate gradients on P H P dy = -grad (Liu Z 2017: CG in the preconditioned y)
-        dy.fill(0)
-        np.copyto(p, res)
-        rr = float(np.vdot(res, res))
-        stop = float(cg_tol) ** 2 * rr
-        for _k in range(int(cg_max_iter)):
-            if rr <= stop or rr == 0.0:
-                break
-            hess(p, ap)
-            alpha = np.float32(rr / float(np.vdot(p, ap)))
-            dy += alpha * p
-            res -= alpha * ap
-            rr_new = float(np.vdot(res, res))
-            p *= np.float32(rr_new / rr)
-            p += res
-            rr = rr_new
+        dy = conjugate_gradient(hess, res, max_iter=int(cg_max_iter), tol=float(cg_tol))
         y += dy
         norm = float(np.linalg.norm(y.ravel()))
         if norm > 0 and float(np.linalg.norm(dy.ravel())) / norm < float(tol):
