@@ -28,8 +28,7 @@ import numpy as np
 
 from qsm_bids.core import kernels
 from qsm_bids.core.background._common import _crop_pad, _smv_and_erosion
-from qsm_bids.core.linalg import axpy as _axpy
-from qsm_bids.core.linalg import dot as _dot
+from qsm_bids.core.linalg import conjugate_gradient
 
 __all__ = ["ismv"]
 
@@ -125,28 +124,15 @@ def ismv(
         np.subtract(u, y, out=y)
         return y
 
-    # Conjugate gradients from the paper's starting point b_0 = f (u_0 = M f).
+    # Conjugate gradients from the paper's starting point b_0 = f (u_0 = M f): solve for the
+    # correction du = u - u_0, A du = rhs - A u_0, from 0.
     u = fp * inner
     r = rhs
     r -= op(u)
-    p = r.copy()
-    rs = _dot(r, r)
-    stop = (float(tol) ** 2) * rs
-    for _ in range(int(max_iter)):
-        if rs <= stop or rs == 0.0:
-            break
-        ap = op(p)
-        p_ap = _dot(p, ap)
-        if p_ap <= 0.0:
-            break
-        alpha = rs / p_ap
-        _axpy(alpha, p, u)  # u += alpha p
-        _axpy(-alpha, ap, r)  # r -= alpha A p
-        rs_new = _dot(r, r)
-        p *= np.float32(rs_new / rs)  # p = r + beta p
-        p += r
-        rs = rs_new
-    del r, p
+    u += conjugate_gradient(
+        lambda p, out: np.copyto(out, op(p)), r, max_iter=int(max_iter), tol=float(tol)
+    )
+    del r
 
     # Local field f - b on M.
     local = np.where(eroded, fp - u, np.float32(0.0))

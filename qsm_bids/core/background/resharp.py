@@ -28,7 +28,7 @@ import numpy as np
 from qsm_bids.core import kernels
 from qsm_bids.core.background._common import _crop_pad, _smv_and_erosion
 from qsm_bids.core.linalg import axpy as _axpy
-from qsm_bids.core.linalg import dot as _dot
+from qsm_bids.core.linalg import conjugate_gradient
 
 __all__ = ["resharp"]
 
@@ -131,28 +131,14 @@ def resharp(
     b = normal_op(fp)
     del fp
     # Conjugate gradients on (P C^T M C P + lambda I) x = b, from x = 0.
-    lam = np.float32(lambda_)
-    x = np.zeros(shape, dtype=np.float32)
-    r = b
-    p = r.copy()
-    rs = _dot(r, r)
-    stop = (float(tol) ** 2) * rs
-    for _ in range(int(max_iter)):
-        if rs <= stop or rs == 0.0:
-            break
-        ap = normal_op(p)
-        _axpy(float(lam), p, ap)  # ap += lambda p
-        p_ap = _dot(p, ap)
-        if p_ap <= 0.0:
-            break
-        alpha = rs / p_ap
-        _axpy(alpha, p, x)  # x += alpha p
-        _axpy(-alpha, ap, r)  # r -= alpha A p
-        rs_new = _dot(r, r)
-        p *= np.float32(rs_new / rs)  # p = r + beta p
-        p += r
-        rs = rs_new
-    del r, p
+    lam = float(lambda_)
+
+    def apply_a(p: np.ndarray, out: np.ndarray) -> None:
+        np.copyto(out, normal_op(p))
+        _axpy(lam, p, out)  # + lambda p
+
+    x = conjugate_gradient(apply_a, b, max_iter=int(max_iter), tol=float(tol))
+    del b
 
     # Local field on the eroded mask (Sun & Wilman 2014: the result is kept on M).
     out_local[crop] = np.where(eroded, x, np.float32(0.0))[sl]
