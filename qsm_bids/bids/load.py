@@ -18,9 +18,13 @@ once without keeping it, so that a bad run is refused before any heavy work star
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -260,12 +264,54 @@ def _open_on_grid(
     return img, shape, n_vol, ref
 
 
+_T = TypeVar("_T")
+
+
+def _io_threads() -> int:
+    """Threads for reading images: ``QSM_BIDS_NUM_THREADS`` when set, else the usable
+    cores; at most 4 (decompression, not the disk, is the limit)."""
+    n = kernels.fft_workers()
+    if n <= 0:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, int(n or 1)))
+
+
+def _read_ahead(
+    items: Iterable[_T], read: Callable[[_T], np.ndarray]
+) -> Iterator[tuple[_T, np.ndarray]]:
+    """``(item, read(item))`` in order, with up to :func:`_io_threads` reads running ahead
+    in threads (zlib releases the GIL, so gzipped NIfTI files decompress in parallel); at
+    most that many arrays are held besides the one being used. A read's exception is
+    raised when its item comes up."""
+    items = list(items)
+    n = _io_threads()
+    if n == 1 or len(items) < 2:
+        for item in items:
+            yield item, read(item)
+        return
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        pending: deque = deque()
+        todo = iter(items)
+        for item in todo:
+            pending.append((item, pool.submit(read, item)))
+            if len(pending) == n:
+                break
+        while pending:
+            item, future = pending.popleft()
+            data = future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield item, data
+            del data
+
+
 def validate_run(run: Run, *, read_data: bool = True) -> list[str]:
     """Check every file of a run before any heavy work starts.
 
     Headers: each file is a readable NIfTI image, 3D (or 4D with one volume per echo for a
     4D layout), not 2D, on the grid (shape and affine, 1e-4 mm) of the echo-1 phase
-    image. Data (``read_data``; each distinct file is read once, one at a time, and not
+    image. Data (``read_data``; each distinct file is read once, a few ahead in threads, not
     kept): the file is not truncated; no echo is entirely non-finite or all zero; no
     phase echo is constant; the phase values fit a known encoding (the same detection as
     :func:`load_run`, over all echoes together).
@@ -302,8 +348,7 @@ def validate_run(run: Run, *, read_data: bool = True) -> list[str]:
     stats: list[tuple[float, float, float | None]] = []
     scaled: list[str] = []
     any_bad = False
-    for what, path, echoes, img, _ in images:
-        data = _get_data(img, path)
+    for (what, path, echoes, img, _), data in _read_ahead(images, lambda i: _get_data(i[3], i[1])):
         n_bad = 0
         for _, vol_idx in echoes:
             vol = data if vol_idx is None else data[..., vol_idx]
@@ -358,6 +403,7 @@ def _load_part(
     bad_all: np.ndarray | None = None
     header = None
     scaled: list[str] = []
+    opened = []
     for path, echoes in _echo_sources(files, volumes).items():
         first = ref is None
         img, shape, n_vol, ref = _open_on_grid(path, echoes, ref)
@@ -367,7 +413,10 @@ def _load_part(
                 header.set_data_shape(shape)
         if what == "phase" and (note := _scaling_note(img, path)):
             scaled.append(note)
-        data = _get_data(img, path)
+        opened.append((path, echoes, img, shape, n_vol))
+    for (path, echoes, _, shape, n_vol), data in _read_ahead(
+        opened, lambda o: _get_data(o[2], o[0])
+    ):
         if n_vol == n and [v for _, v in echoes] == list(range(n)):
             out = data  # one 4D file of every echo in order: no copy
         if out is None:

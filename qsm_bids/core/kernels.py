@@ -60,11 +60,24 @@ def irfftn(x: np.ndarray, s: Sequence[int]) -> np.ndarray:
     return scipy.fft.irfftn(x, s=s, workers=fft_workers())
 
 
-def fast_shape(shape: Sequence[int], min_pad: Sequence[int] | int = 0) -> tuple[int, ...]:
-    """Smallest FFT-friendly shape at least ``shape + 2 * min_pad`` along each axis."""
+def fast_shape(
+    shape: Sequence[int], min_pad: Sequence[int] | int = 0, *, complex_radices: bool = True
+) -> tuple[int, ...]:
+    """Smallest FFT-friendly shape at least ``shape + 2 * min_pad`` along each axis.
+
+    With ``complex_radices`` (default) every axis but the last may also have the factors 7
+    and 11, for which pocketfft's complex FFTs have their own passes: a real 3D FFT
+    transforms only the last axis as real data, so only that axis is kept to the 2-3-5
+    sizes of pocketfft's fast real transforms. The tighter grid is about 10 % smaller and
+    up to 30 % faster than the all-2-3-5 one (e.g. 165x200x175 against 180x200x180 for
+    a 1 mm brain; benchmarks/RESULTS.md). ``complex_radices=False`` gives the 2-3-5 size
+    on every axis (the simulator keeps it, so its phantoms do not change).
+    """
     pads = np.broadcast_to(np.asarray(min_pad, dtype=int), (len(shape),))
+    last = len(shape) - 1
     return tuple(
-        scipy.fft.next_fast_len(int(n + 2 * p), real=True) for n, p in zip(shape, pads, strict=True)
+        scipy.fft.next_fast_len(int(n + 2 * p), real=(not complex_radices) or axis == last)
+        for axis, (n, p) in enumerate(zip(shape, pads, strict=True))
     )
 
 
@@ -275,7 +288,7 @@ def dipole_convolve(
     float32 array of the input's shape: the field shift (ppm).
     """
     chi = np.asarray(chi_ppm, dtype=np.float32)
-    target = fast_shape([int(np.ceil(n * pad_factor)) for n in chi.shape])
+    target = fast_shape([int(np.ceil(n * pad_factor)) for n in chi.shape], complex_radices=False)
     padded, sl = pad_to(chi, target)
     d = dipole_kernel(target, voxel_size, b0_dir, real=True)
     field = irfftn(d * rfftn(padded), s=target)[sl]

@@ -96,7 +96,9 @@ def dipole_fields(
         The field shift (ppm) of each map, on the input grid.
     """
     shape = sources_ppm[0].shape
-    target = kernels.fast_shape([int(np.ceil(n * pad_factor)) for n in shape])
+    target = kernels.fast_shape(
+        [int(np.ceil(n * pad_factor)) for n in shape], complex_radices=False
+    )
     d = kernels.dipole_kernel(target, voxel_size, b0_dir, real=True)
     out = []
     for chi in sources_ppm:

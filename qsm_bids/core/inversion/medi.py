@@ -25,9 +25,10 @@ from qsm_bids.core.inversion.tkd import (
     _prepare,
     _weights_sq,
 )
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
+from qsm_bids.core.inversion.tv_admm import _grad_add
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
-from qsm_bids.core.linalg import conjugate_gradient
+from qsm_bids.core.linalg import KSpacePreconditioner, conjugate_gradient
+from qsm_bids.core.stencils import weighted_div_grad
 
 __all__ = ["medi"]
 
@@ -113,22 +114,10 @@ def _lagged_diffusivity(
         ra *= ma
 
 
-def _reg_apply(
-    x: np.ndarray,
-    r: list[np.ndarray],
-    inv_h: list[float],
-    gy: list[np.ndarray],
-    tmp: np.ndarray,
-    out: np.ndarray,
-) -> np.ndarray:
-    """``out = G^T R G x`` with ``R`` the per-axis weights ``r``; ``gy`` (3 volumes) and
-    ``tmp`` are scratch buffers."""
-    for g in gy:
-        g.fill(0)
-    _grad_add(x, inv_h, gy)
-    for g, ra in zip(gy, r, strict=True):
-        g *= ra
-    return _grad_adjoint(gy, inv_h, out, tmp)
+def _reg_apply(x: np.ndarray, r: list[np.ndarray], inv_h: list[float], out: np.ndarray) -> None:
+    """``out = G^T R G x`` with ``R`` the per-axis weights ``r`` (one fused pass:
+    :func:`qsm_bids.core.stencils.weighted_div_grad`)."""
+    weighted_div_grad(x, r, inv_h, out)
 
 
 def medi(
@@ -210,8 +199,10 @@ def medi(
     -----
     The Gauss-Newton system is solved by conjugate gradients preconditioned with the
     shift-invariant part of the Hessian, ``(2 lambda D^2 + r |G|^2)^-1`` applied in k-space
-    (two more FFTs per iteration), with ``r`` = :data:`PRECOND_WEIGHT` times the median
-    lagged-diffusivity weight in the mask. This is the idea of the k-space preconditioners
+    (two more FFTs per iteration, one of which the solver saves back by carrying the
+    search direction's spectrum, :class:`qsm_bids.core.linalg.KSpacePreconditioner`),
+    with ``r`` = :data:`PRECOND_WEIGHT` times the median lagged-diffusivity weight in the
+    mask. This is the idea of the k-space preconditioners
     of the TV-regularised QSM solvers (e.g. Bilgic B et al., MRM 2014;72:1444); MEDI itself
     uses plain CG.
     """
@@ -230,17 +221,17 @@ def medi(
     gsym = _grad_symbol_sq(shape, voxel_size)
     d2 = (d * d).astype(np.float32)
     inside = w2 > 0
-    tmp = np.empty(shape, np.float32)
     gy = [np.empty(shape, np.float32) for _ in range(3)]
     r = [np.empty(shape, np.float32) for _ in range(3)]
 
     def dconv(x: np.ndarray) -> np.ndarray:
         return irfftn(rfftn(x) * d, s=shape).astype(np.float32, copy=False)
 
-    def hess(x: np.ndarray, out: np.ndarray) -> None:
-        """Gauss-Newton Hessian ``G^T R G + 2 lambda D W^2 D`` applied to ``x``."""
-        _reg_apply(x, r, inv_h, gy, tmp, out)
-        dx = dconv(x)
+    def hess(x: np.ndarray, out: np.ndarray, x_hat: np.ndarray) -> None:
+        """Gauss-Newton Hessian ``G^T R G + 2 lambda D W^2 D`` applied to ``x`` (its half
+        spectrum ``x_hat`` given by the solver, so ``D x`` costs one inverse FFT)."""
+        _reg_apply(x, r, inv_h, out)
+        dx = irfftn(x_hat * d, s=shape).astype(np.float32, copy=False)
         dx *= w2
         dx = dconv(dx)
         dx *= lam2
@@ -255,21 +246,21 @@ def medi(
         _grad_add(y, inv_h, gy)
         _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost: G^T R G y + 2 lambda D W^2 sin(D y - phi)
-        _reg_apply(y, r, inv_h, gy, tmp, grad)
+        _reg_apply(y, r, inv_h, grad)
         grad += lam2 * dconv(w2 * np.sin(dconv(y) - phi))
         # k-space preconditioner: the Hessian with R replaced by a constant weight
         rbar = PRECOND_WEIGHT * float(np.mean([np.median(ra[inside]) for ra in r]))
         kinv = lam2 * d2 + np.float32(rbar) * gsym
         np.maximum(kinv, np.float32(1e-6) * kinv.max(), out=kinv)
         np.divide(np.float32(1), kinv, out=kinv)
-
-        def precond(v: np.ndarray, kinv: np.ndarray = kinv) -> np.ndarray:
-            return irfftn(rfftn(v) * kinv, s=shape).astype(np.float32, copy=False)
-
         # preconditioned conjugate gradients on hess(dy) = -grad
         np.negative(grad, out=grad)
         dy = conjugate_gradient(
-            hess, grad, max_iter=int(cg_max_iter), tol=float(cg_tol), precond=precond
+            hess,
+            grad,
+            max_iter=int(cg_max_iter),
+            tol=float(cg_tol),
+            kspace=KSpacePreconditioner(kinv, shape),
         )
         y += dy
         norm = float(np.linalg.norm(y.ravel()))

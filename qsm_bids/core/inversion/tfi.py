@@ -191,7 +191,6 @@ def tfi(
     # because the total field sets the phase scale, so tissue gradients are ~16x smaller in rad
     eps = np.float32(1e-8)
 
-    tmp = np.empty(shape, np.float32)
     buf = np.empty(shape, np.float32)
     gy = [np.empty(shape, np.float32) for _ in range(3)]
     r = [np.empty(shape, np.float32) for _ in range(3)]
@@ -202,7 +201,7 @@ def tfi(
     def hess(p: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Preconditioned Gauss-Newton Hessian ``P (G^T R G + 2 lambda D W^2 D) P p``."""
         np.multiply(p, prec, out=buf)
-        _reg_apply(buf, r, inv_h, gy, tmp, out)
+        _reg_apply(buf, r, inv_h, out)
         x = dconv(buf)
         x *= w2
         x = dconv(x)
@@ -222,7 +221,7 @@ def tfi(
         _grad_add(chi, inv_h, gy)
         _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost in y: P [G^T R G chi + 2 lambda D W^2 sin(D chi - phi)]
-        _reg_apply(chi, r, inv_h, gy, tmp, res)
+        _reg_apply(chi, r, inv_h, res)
         x = dconv(chi)
         x -= phi
         np.sin(x, out=x)
