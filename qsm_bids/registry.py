@@ -64,6 +64,7 @@ STAGES: dict[str, tuple[str, dict[str, str]]] = {
             "nltv": "qsm_bids.core.inversion:nltv",
             "sstv": "qsm_bids.core.inversion:sstv",
             "tfi": "qsm_bids.core.inversion:tfi",
+            "tgv": "qsm_bids.core.inversion:tgv",
         },
     ),
     "reference": (
@@ -96,8 +97,13 @@ DATA_WEIGHTS = "data_weights"
 #: (:mod:`qsm_bids.core.background.feedback`). Not passed to the function.
 FEEDBACK = "dipole_feedback"
 
+#: Pipeline-level parameter of every inversion: run the background removal and inversion a
+#: second time on the brain mask with its holes filled, and use that map in the holes
+#: (strong sources; :mod:`qsm_bids.core.inversion.two_pass`). Not passed to the function.
+TWO_PASS = "two_pass"
+
 #: The pipeline-level parameters above: validated with the algorithm's, never passed to it.
-PIPELINE_PARAMETERS: frozenset[str] = frozenset({DATA_WEIGHTS, FEEDBACK})
+PIPELINE_PARAMETERS: frozenset[str] = frozenset({DATA_WEIGHTS, FEEDBACK, TWO_PASS})
 
 
 def function_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +172,8 @@ def parameters(stage: str, algorithm: str) -> dict[str, Parameter]:
         params[DATA_WEIGHTS] = Parameter(DATA_WEIGHTS, False, bool)
     if stage == "background" and algorithm != "none":
         params[FEEDBACK] = Parameter(FEEDBACK, 0, int)
+    if stage == "inversion":
+        params[TWO_PASS] = Parameter(TWO_PASS, False, bool)
     return params
 
 

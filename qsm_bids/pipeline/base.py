@@ -26,12 +26,14 @@ from qsm_bids.bids.segmentation import Segmentation
 from qsm_bids.interfaces.derivatives import WriteDerivatives
 from qsm_bids.interfaces.load import LoadRun, run_to_json
 from qsm_bids.interfaces.sign import CheckPhaseSign
+from qsm_bids.interfaces.two_pass import FillMaskHoles
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
 from qsm_bids.pipeline.registration import init_registration_wf, init_segmentation_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
     init_inversion_wf,
     init_r2star_wf,
+    init_two_pass_wf,
 )
 from qsm_bids.recipe import Recipe, StageChoice
 from qsm_bids.registry import resolve
@@ -127,6 +129,14 @@ def init_qsm_wf(
         mem_gb=30 * vol + 0.3,
         n_procs=n_procs,
     )
+    # two-pass inversion: the field is unwrapped and fitted on the mask with its holes
+    # filled (the second pass needs it there); the first pass runs on the mask itself
+    two_pass = bool(recipe["inversion"].params.get(registry.TWO_PASS, False))
+    field_mask = (mask_wf, "outputnode.mask")
+    if two_pass:
+        fill = pe.Node(FillMaskHoles(), name="fill_mask_holes", mem_gb=vol + 0.1)
+        wf.connect(mask_wf, "outputnode.mask", fill, "mask")
+        field_mask = (fill, "mask")
     # background removal with susceptibility feedback: rerun the background stage on the total
     # field minus the field of the latest map, then invert again (the last pair is used)
     feedback = int(recipe["background"].params.get(registry.FEEDBACK, 0))
@@ -155,6 +165,31 @@ def init_qsm_wf(
         ])  # fmt: skip
         stages.append((bg_i, inv_i))
     last_bg, last_inv = stages[-1]
+    # what the outputs come from: the last pass, or the two-pass combination
+    final_local = (last_bg, "outputnode.local_field")
+    final_mask = (last_bg, "outputnode.local_mask")
+    final_chi = (last_inv, "outputnode.chi")
+    final_note = (last_inv, "outputnode.reference_note")
+    two_pass_wf = None
+    if two_pass:
+        two_pass_wf = init_two_pass_wf(
+            recipe["background"], recipe["inversion"], recipe["reference"],
+            reference_mask=reference_mask, mem_gb=30 * vol + 0.3, n_procs=n_procs,
+        )  # fmt: skip
+        wf.connect([
+            (load, two_pass_wf, [("meta", "inputnode.meta"),
+                                 ("magnitude", "inputnode.magnitude")]),
+            (field_mask[0], two_pass_wf, [(field_mask[1], "inputnode.filled_mask")]),
+            (combine_wf, two_pass_wf, [("outputnode.field", "inputnode.field"),
+                                       ("outputnode.noise", "inputnode.noise")]),
+            (last_bg, two_pass_wf, [("outputnode.local_field", "inputnode.local_field"),
+                                    ("outputnode.local_mask", "inputnode.local_mask")]),
+            (last_inv, two_pass_wf, [("outputnode.chi_raw", "inputnode.chi_raw")]),
+        ])  # fmt: skip
+        final_local = (two_pass_wf, "outputnode.local_field")
+        final_mask = (two_pass_wf, "outputnode.local_mask")
+        final_chi = (two_pass_wf, "outputnode.chi")
+        final_note = (two_pass_wf, "outputnode.reference_note")
     sign = pe.Node(CheckPhaseSign(mode=phase_sign), name="phase_sign", mem_gb=2 * vol + 0.1)
     write = pe.Node(
         WriteDerivatives(
@@ -173,9 +208,9 @@ def init_qsm_wf(
                          ("meta", "inputnode.meta")]),
         (load, unwrap_wf, [("phase", "inputnode.phase"), ("magnitude", "inputnode.magnitude"),
                            ("meta", "inputnode.meta")]),
-        (mask_wf, unwrap_wf, [("outputnode.mask", "inputnode.mask")]),
+        (field_mask[0], unwrap_wf, [(field_mask[1], "inputnode.mask")]),
         (load, combine_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-        (mask_wf, combine_wf, [("outputnode.mask", "inputnode.mask")]),
+        (field_mask[0], combine_wf, [(field_mask[1], "inputnode.mask")]),
         (unwrap_wf, combine_wf, [("outputnode.unwrapped", "inputnode.unwrapped")]),
         (load, background_wf, [("meta", "inputnode.meta")]),
         (mask_wf, background_wf, [("outputnode.mask", "inputnode.mask")]),
@@ -189,11 +224,11 @@ def init_qsm_wf(
         (load, write, [("meta", "meta")]),
         (mask_wf, write, [("outputnode.mask", "mask")]),
         (combine_wf, write, [("outputnode.field", "total_field")]),
-        (last_bg, write, [("outputnode.local_field", "local_field"),
-                          ("outputnode.local_mask", "local_mask")]),
-        (last_inv, write, [("outputnode.reference_note", "reference_note")]),
-        (last_inv, sign, [("outputnode.chi", "chi")]),
-        (last_bg, sign, [("outputnode.local_mask", "mask")]),
+        (final_local[0], write, [(final_local[1], "local_field")]),
+        (final_mask[0], write, [(final_mask[1], "local_mask")]),
+        (final_note[0], write, [(final_note[1], "reference_note")]),
+        (final_chi[0], sign, [(final_chi[1], "chi")]),
+        (final_mask[0], sign, [(final_mask[1], "mask")]),
         (sign, write, [("chi", "chi"), ("sign", "sign"), ("report", "sign_check")]),
     ])  # fmt: skip
     if run.magnitude_files and registration:
@@ -209,7 +244,7 @@ def init_qsm_wf(
             reg_wf.inputs.inputnode.t1w = str(run.t1w)
         wf.connect([
             (load, reg_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-            (last_bg, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+            (final_mask[0], reg_wf, [(final_mask[1], "inputnode.mask")]),
             (sign, reg_wf, [("chi", "inputnode.chi")]),
         ])  # fmt: skip
     if segmentation is not None:
@@ -218,17 +253,19 @@ def init_qsm_wf(
         )
         wf.connect([
             (sign, seg_wf, [("chi", "inputnode.chi")]),
-            (last_bg, seg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+            (final_mask[0], seg_wf, [(final_mask[1], "inputnode.mask")]),
         ])  # fmt: skip
     if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
         r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
         wf.connect([
             (load, r2star_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-            (mask_wf, r2star_wf, [("outputnode.mask", "inputnode.mask")]),
+            (field_mask[0], r2star_wf, [(field_mask[1], "inputnode.mask")]),
             (r2star_wf, write, [("outputnode.r2star", "r2star"), ("outputnode.t2star", "t2star")]),
         ])  # fmt: skip
         for _, inv in stages:
             wf.connect(r2star_wf, "outputnode.r2star", inv, "inputnode.r2star")
+        if two_pass_wf is not None:
+            wf.connect(r2star_wf, "outputnode.r2star", two_pass_wf, "inputnode.r2star")
     return wf
 
 

@@ -7,6 +7,7 @@ from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
 from qsm_bids.interfaces.stages import BackgroundRemoval, DipoleInversion, R2Star, Reference
+from qsm_bids.interfaces.two_pass import TwoPassCombine
 from qsm_bids.pipeline.field import stage_node
 from qsm_bids.recipe import StageChoice
 
@@ -69,6 +70,71 @@ def init_inversion_wf(
                           ("magnitude", "magnitude")]),
         (invert, ref, [("chi", "chi")]),
         (invert, outputnode, [("chi", "chi_raw")]),
+        (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
+    ])  # fmt: skip
+    return wf
+
+
+def init_two_pass_wf(
+    background: StageChoice,
+    inversion: StageChoice,
+    reference: StageChoice,
+    *,
+    reference_mask: str | None = None,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    name: str = "two_pass_wf",
+) -> pe.Workflow:
+    """Second pass of the two-pass inversion for strong sources, and the combination
+    (:mod:`qsm_bids.core.inversion.two_pass`).
+
+    The first pass is the pipeline's usual background removal and inversion on the brain
+    mask, whose holes (unreliable phase at strong sources, e.g. from the
+    ``magnitude_and_quality`` mask) make the sources count as outside ones. This pass
+    removes the background and inverts on the mask with its holes filled (no feedback
+    pass: its map is used only in the holes), then takes the first pass's map where it
+    exists and this pass's in the holes, and references the combination. The total field
+    must cover the filled mask (the pipeline unwraps and fits it there).
+
+    Inputs: ``field`` (total, Hz), ``noise``, ``filled_mask``, ``meta``, ``magnitude``,
+    ``r2star``; the first pass's ``chi_raw`` (ppm), ``local_field`` (Hz) and
+    ``local_mask``. Outputs: ``chi`` (ppm, referenced), ``chi_raw``, ``local_field``,
+    ``local_mask`` (the union of both passes' masks) and ``reference_note``.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        IdentityInterface(["field", "noise", "filled_mask", "meta", "magnitude", "r2star",
+                           "chi_raw", "local_field", "local_mask"]),
+        name="inputnode",
+    )  # fmt: skip
+    outputnode = pe.Node(
+        IdentityInterface(["chi", "chi_raw", "local_field", "local_mask", "reference_note"]),
+        name="outputnode",
+    )
+    bg = init_background_wf(background, mem_gb=mem_gb, n_procs=n_procs, name="background_wf")
+    inv = init_inversion_wf(
+        inversion, reference, reference_mask=reference_mask, mem_gb=mem_gb, n_procs=n_procs
+    )
+    combine = pe.Node(TwoPassCombine(), name="combine", mem_gb=mem_gb / 4)
+    ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb / 4, n_procs=1)
+    if reference_mask:
+        ref.inputs.reference_mask = reference_mask
+    wf.connect([
+        (inputnode, bg, [("field", "inputnode.field"), ("noise", "inputnode.noise"),
+                         ("meta", "inputnode.meta"), ("filled_mask", "inputnode.mask")]),
+        (inputnode, inv, [("meta", "inputnode.meta"), ("noise", "inputnode.noise"),
+                          ("magnitude", "inputnode.magnitude")]),
+        (bg, inv, [("outputnode.local_field", "inputnode.local_field"),
+                   ("outputnode.local_mask", "inputnode.local_mask")]),
+        (inputnode, combine, [("chi_raw", "chi_reliable"), ("local_mask", "reliable_mask"),
+                              ("local_field", "local_reliable")]),
+        (inv, combine, [("outputnode.chi_raw", "chi_filled")]),
+        (bg, combine, [("outputnode.local_mask", "filled_mask"),
+                       ("outputnode.local_field", "local_filled")]),
+        (combine, ref, [("chi", "chi"), ("mask", "mask")]),
+        (inputnode, ref, [("meta", "meta"), ("r2star", "r2star"), ("magnitude", "magnitude")]),
+        (combine, outputnode, [("chi", "chi_raw"), ("local_field", "local_field"),
+                               ("mask", "local_mask")]),
         (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
     return wf

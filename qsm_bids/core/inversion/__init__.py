@@ -13,10 +13,10 @@ from qsm_bids.core.inversion.nltv import nltv
 from qsm_bids.core.inversion.rts import rts
 from qsm_bids.core.inversion.single_step import sstv
 from qsm_bids.core.inversion.tfi import tfi
+from qsm_bids.core.inversion.tgv import tgv
 from qsm_bids.core.inversion.tikhonov import tikhonov
 from qsm_bids.core.inversion.tkd import tkd
 from qsm_bids.core.inversion.tv_admm import tv_admm
 
-__all__ = ["ilsqr", "medi", "ndi", "nltv", "rts", "tikhonov", "tkd", "tv_admm"]
-__all__ += ["sstv"]
-__all__ += ["tfi"]
+__all__ = ["ilsqr", "medi", "ndi", "nltv", "rts", "sstv", "tfi", "tgv", "tikhonov", "tkd"]
+__all__ += ["tv_admm"]
