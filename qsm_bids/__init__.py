@@ -1,6 +1,7 @@
 """qsm_bids: Quantitative Susceptibility Mapping from multi-echo GRE, as a BIDS app."""
 
 import os
+import sys
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 
@@ -31,6 +32,13 @@ def _ensure_numba_cache_dir() -> None:
 
 
 _ensure_numba_cache_dir()
+
+# numba's parallel kernels (qsm_bids.core.stencils, the TGV solver) run on its fork-safe
+# "workqueue" threads: after a kernel has run on GNU OpenMP threads, a fork (nipype's
+# MultiProc workers, a pipeline started from a Python session or a test) aborts the child.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+if "numba" in sys.modules and sys.modules["numba"].config.THREADING_LAYER == "default":
+    sys.modules["numba"].config.THREADING_LAYER = "workqueue"  # numba was imported first
 
 try:
     __version__ = version("qsm_bids")

@@ -94,3 +94,24 @@ def test_weighted_div_grad_matches_the_numpy_composition() -> None:
     assert np.abs(const).max() < 1e-5
     with pytest.raises(ValueError, match="out"):
         weighted_div_grad(x, r, inv_h, x)
+
+
+def test_a_process_that_ran_a_parallel_kernel_can_fork() -> None:
+    """nipype's MultiProc forks its workers; with numba on GNU OpenMP threads a fork after a
+    parallel kernel aborts the child ("fork() called from a process already using GNU
+    OpenMP")."""
+    import multiprocessing
+
+    x = np.ones(SHAPE, np.float32)
+    r = [x, x, x]
+    weighted_div_grad(x, r, [1.0, 1.0, 1.0], np.empty(SHAPE, np.float32))
+    child = multiprocessing.get_context("fork").Process(target=_kernel_in_child)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+
+
+def _kernel_in_child() -> None:
+    x = np.ones(SHAPE, np.float32)
+    out = weighted_div_grad(x, [x, x, x], [1.0, 1.0, 1.0], np.empty(SHAPE, np.float32))
+    raise SystemExit(0 if np.abs(out).max() == 0 else 1)
