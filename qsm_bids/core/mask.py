@@ -106,12 +106,30 @@ def magnitude_threshold(
     return t
 
 
+def _box_around(m: np.ndarray, pad: int) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``m`` grown by ``pad`` voxels (clipped to the array)."""
+    out = []
+    for axis in range(m.ndim):
+        other = tuple(a for a in range(m.ndim) if a != axis)
+        nz = np.flatnonzero(m.any(axis=other))
+        out.append(slice(max(0, int(nz[0]) - pad), min(m.shape[axis], int(nz[-1]) + 1 + pad)))
+    return tuple(out)
+
+
 def _ball_open_largest(fg: np.ndarray, voxel_size: Sequence[float], radius_mm: float) -> np.ndarray:
-    """Erode by ``radius_mm``, keep the largest component, dilate back (within ``fg``)."""
+    """Erode by ``radius_mm``, keep the largest component, dilate back (within ``fg``).
+
+    Both distance transforms run on the bounding box of their object grown by the radius
+    (plus a voxel), which holds every voxel within ``radius_mm`` of it: the same result as
+    on the whole grid, on a smaller one.
+    """
+    pad = int(np.ceil(radius_mm / min(voxel_size))) + 1 if radius_mm > 0 else 0
     if radius_mm > 0:
         # distance (mm) of each foreground voxel to the nearest background voxel; the
         # volume border counts as foreground, so a brain cut by the field of view survives
-        inside = ndimage.distance_transform_edt(fg, sampling=voxel_size) > radius_mm
+        inside = np.zeros(fg.shape, dtype=bool)
+        box = _box_around(fg, pad)
+        inside[box] = ndimage.distance_transform_edt(fg[box], sampling=voxel_size) > radius_mm
     else:
         inside = fg.copy()
     if not inside.any():  # everything eroded away: fall back to the threshold mask itself
@@ -125,8 +143,10 @@ def _ball_open_largest(fg: np.ndarray, voxel_size: Sequence[float], radius_mm: f
         return inside
     if radius_mm > 0:
         # dilation: distance (mm) to the nearest kept voxel
-        inside = ndimage.distance_transform_edt(~inside, sampling=voxel_size) <= radius_mm
-        inside &= fg
+        box = _box_around(inside, pad)
+        grown = np.zeros(fg.shape, dtype=bool)
+        grown[box] = ndimage.distance_transform_edt(~inside[box], sampling=voxel_size) <= radius_mm
+        inside = grown & fg
         # the dilation may touch other bits of fg: keep the component of the brain
         lab, n = ndimage.label(inside)
         if n > 1:
