@@ -17,8 +17,9 @@ from qsm_bids.simulate.dataset import simulate_dataset
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 ANAT = Path("sub-01") / "anat"
-#: NRMSE bound (%) of the default pipeline at 2 mm, axial 3 T and oblique 7 T alike
-E2E_NRMSE_BOUND = 45.0
+#: NRMSE bound (%) of the default pipeline at 2 mm, axial 3 T and oblique 7 T alike: what
+#: the default reaches (32.3 and 38.3 %) with a margin for numerical differences
+E2E_NRMSE_BOUND = 42.0
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_susceptibility_accuracy_against_truth(e2e):
         mask=out / ANAT / "sub-01_desc-local_mask.nii.gz",
     )
     print(f"e2e NRMSE {ev.nrmse_percent:.1f} %\n{ev.table()}")
-    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 35.1 (default PDF + MEDI)
+    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 32.3 (default PDF + MEDI + feedback)
     errors = ev.region_errors()
     for region in DEEP_GREY:
         assert abs(errors[region]) < 0.02, f"{region}: {errors[region]:+.4f} ppm"
