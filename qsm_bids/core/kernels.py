@@ -97,6 +97,23 @@ def pad_to(x: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[slice
 # --------------------------------------------------------------------------------------
 
 
+def bounding_box(mask: np.ndarray, margin: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """Slices of the bounding box of ``mask`` (non-zero voxels) grown by ``margin`` voxels
+    (one number, or one per axis) and clipped to the array; the whole array when ``mask``
+    is empty."""
+    m = np.asarray(mask) != 0
+    pads = np.broadcast_to(np.asarray(margin, dtype=int), (m.ndim,))
+    out = []
+    for axis in range(m.ndim):
+        other = tuple(a for a in range(m.ndim) if a != axis)
+        nz = np.flatnonzero(m.any(axis=other))
+        if nz.size == 0:
+            return tuple(slice(0, n) for n in m.shape)
+        lo = max(0, int(nz[0]) - int(pads[axis]))
+        out.append(slice(lo, min(m.shape[axis], int(nz[-1]) + 1 + int(pads[axis]))))
+    return tuple(out)
+
+
 class MaskBox:
     """The mask's bounding box plus a margin, on an FFT-friendly grid.
 
@@ -109,13 +126,9 @@ class MaskBox:
 
     def __init__(self, mask: np.ndarray, margin: int) -> None:
         self.full_shape = mask.shape
-        lo, hi = [], []
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            nz = np.flatnonzero(mask.any(axis=other))
-            lo.append(int(nz[0]) if nz.size else 0)
-            hi.append(int(nz[-1]) + 1 if nz.size else mask.shape[axis])
-        self.src = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        self.src = bounding_box(mask)
+        lo = [sl.start for sl in self.src]
+        hi = [sl.stop for sl in self.src]
         self.shape = fast_shape([b - a for a, b in zip(lo, hi, strict=True)], margin)
         start = [(n - (b - a)) // 2 for n, a, b in zip(self.shape, lo, hi, strict=True)]
         self.dst = tuple(slice(s0, s0 + b - a) for s0, a, b in zip(start, lo, hi, strict=True))

@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from qsm_bids.core.kernels import bounding_box
+
 __all__ = [
     "clean_mask",
     "combine_echoes",
@@ -106,16 +108,6 @@ def magnitude_threshold(
     return t
 
 
-def _box_around(m: np.ndarray, pad: int) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``m`` grown by ``pad`` voxels (clipped to the array)."""
-    out = []
-    for axis in range(m.ndim):
-        other = tuple(a for a in range(m.ndim) if a != axis)
-        nz = np.flatnonzero(m.any(axis=other))
-        out.append(slice(max(0, int(nz[0]) - pad), min(m.shape[axis], int(nz[-1]) + 1 + pad)))
-    return tuple(out)
-
-
 def _ball_open_largest(fg: np.ndarray, voxel_size: Sequence[float], radius_mm: float) -> np.ndarray:
     """Erode by ``radius_mm``, keep the largest component, dilate back (within ``fg``).
 
@@ -128,7 +120,7 @@ def _ball_open_largest(fg: np.ndarray, voxel_size: Sequence[float], radius_mm: f
         # distance (mm) of each foreground voxel to the nearest background voxel; the
         # volume border counts as foreground, so a brain cut by the field of view survives
         inside = np.zeros(fg.shape, dtype=bool)
-        box = _box_around(fg, pad)
+        box = bounding_box(fg, pad)
         inside[box] = ndimage.distance_transform_edt(fg[box], sampling=voxel_size) > radius_mm
     else:
         inside = fg.copy()
@@ -143,7 +135,7 @@ def _ball_open_largest(fg: np.ndarray, voxel_size: Sequence[float], radius_mm: f
         return inside
     if radius_mm > 0:
         # dilation: distance (mm) to the nearest kept voxel
-        box = _box_around(inside, pad)
+        box = bounding_box(inside, pad)
         grown = np.zeros(fg.shape, dtype=bool)
         grown[box] = ndimage.distance_transform_edt(~inside[box], sampling=voxel_size) <= radius_mm
         inside = grown & fg

@@ -1,4 +1,5 @@
-"""Finite-difference operators fused into one pass over the grid (numba, multithreaded).
+"""Finite-difference operators: the 7-point Laplacian (numpy), and the weighted
+gradient-divergence fused into one pass over the grid (numba, multithreaded).
 
 The iterative inversions apply ``G^T R G`` (a weighted, periodic forward-difference
 gradient followed by its adjoint) several times per iteration. Written with numpy it takes
@@ -17,15 +18,56 @@ import numpy as np
 
 from qsm_bids.core.kernels import fft_workers
 
-__all__ = ["weighted_div_grad", "set_threads"]
+__all__ = [
+    "axis_slices",
+    "laplacian",
+    "neighbour_sum",
+    "numba_threads",
+    "set_threads",
+    "weighted_div_grad",
+]
+
+
+def axis_slices(axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index tuples selecting ``[1:]`` and ``[:-1]`` along ``axis`` of a 3D array."""
+    hi = [slice(None)] * 3
+    lo = [slice(None)] * 3
+    hi[axis] = slice(1, None)
+    lo[axis] = slice(None, -1)
+    return tuple(hi), tuple(lo)
+
+
+def neighbour_sum(u: np.ndarray, w: Sequence[float]) -> np.ndarray:
+    """``sum_d w_d (u[x + e_d] + u[x - e_d])`` with zero beyond the array."""
+    out = np.zeros_like(u)
+    for axis in range(3):
+        hi, lo = axis_slices(axis)
+        wd = u.dtype.type(w[axis])
+        out[hi] += wd * u[lo]
+        out[lo] += wd * u[hi]
+    return out
+
+
+def laplacian(f: np.ndarray, voxel_size: Sequence[float]) -> np.ndarray:
+    """7-point Laplacian of ``f`` (unit of ``f`` per mm^2), zero-extended beyond the array.
+
+    ``voxel_size`` in mm along each axis.
+    """
+    h2 = tuple(1.0 / float(v) ** 2 for v in voxel_size)
+    return neighbour_sum(f, h2) - f.dtype.type(2.0 * sum(h2)) * f
+
+
+def numba_threads() -> int:
+    """numba threads for the kernels: :func:`fft_workers` (``QSM_BIDS_NUM_THREADS``; all
+    cores when unset), bounded by the threads numba started with."""
+    n = fft_workers()
+    limit = int(numba.config.NUMBA_NUM_THREADS)
+    return limit if n <= 0 else max(1, min(n, limit))
 
 
 def set_threads() -> int:
-    """Set numba's thread count from :func:`fft_workers` (``QSM_BIDS_NUM_THREADS``; all
-    cores when unset), bounded by the threads numba started with; returns it."""
-    n = fft_workers()
-    limit = int(numba.config.NUMBA_NUM_THREADS)
-    n = limit if n <= 0 else min(n, limit)
+    """Set numba's thread count to :func:`numba_threads`; returns it."""
+    n = numba_threads()
     numba.set_num_threads(n)
     return n
 

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
 
-from qsm_bids.core.inversion.two_pass import combine_two_pass, fill_mask_holes
+from qsm_bids.core.inversion.two_pass import (
+    combine_two_pass,
+    fill_from_second_pass,
+    fill_mask_holes,
+)
 from qsm_bids.interfaces.base import read_mask, read_volume, write_like
 
 
@@ -57,13 +60,11 @@ class TwoPassCombine(SimpleInterface):
         chi, mask = combine_two_pass(
             read_volume(self.inputs.chi_reliable), m1, read_volume(self.inputs.chi_filled), m2
         )
-        local = np.where(m1, read_volume(self.inputs.local_reliable), np.float32(0))
-        holes = m2 & ~m1
-        local[holes] = read_volume(self.inputs.local_filled)[holes]
+        local = fill_from_second_pass(
+            read_volume(self.inputs.local_reliable), m1, read_volume(self.inputs.local_filled), m2
+        )
         ref = self.inputs.chi_reliable
         self._results["chi"] = write_like(chi, ref, "chi", runtime.cwd)
         self._results["mask"] = write_like(mask, ref, "mask", runtime.cwd)
-        self._results["local_field"] = write_like(
-            local.astype(np.float32), ref, "local_field", runtime.cwd
-        )
+        self._results["local_field"] = write_like(local, ref, "local_field", runtime.cwd)
         return runtime

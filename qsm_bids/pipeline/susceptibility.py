@@ -36,6 +36,14 @@ def init_background_wf(
     return wf
 
 
+def _reference_node(reference: StageChoice, reference_mask: str | None, mem_gb: float):
+    """The referencing node (a user's reference region when given)."""
+    ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb, n_procs=1)
+    if reference_mask:
+        ref.inputs.reference_mask = reference_mask
+    return ref
+
+
 def init_inversion_wf(
     inversion: StageChoice,
     reference: StageChoice,
@@ -60,9 +68,7 @@ def init_inversion_wf(
     )
     outputnode = pe.Node(IdentityInterface(["chi", "chi_raw", "reference_note"]), name="outputnode")
     invert = stage_node(DipoleInversion, inversion, name="invert", mem_gb=mem_gb, n_procs=n_procs)
-    ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb / 4, n_procs=1)
-    if reference_mask:
-        ref.inputs.reference_mask = reference_mask
+    ref = _reference_node(reference, reference_mask, mem_gb / 4)
     wf.connect([
         (inputnode, invert, [("local_field", "local_field"), ("local_mask", "mask"),
                              ("meta", "meta"), ("noise", "noise"), ("magnitude", "magnitude")]),
@@ -116,9 +122,7 @@ def init_two_pass_wf(
         inversion, reference, reference_mask=reference_mask, mem_gb=mem_gb, n_procs=n_procs
     )
     combine = pe.Node(TwoPassCombine(), name="combine", mem_gb=mem_gb / 4)
-    ref = stage_node(Reference, reference, name="reference", mem_gb=mem_gb / 4, n_procs=1)
-    if reference_mask:
-        ref.inputs.reference_mask = reference_mask
+    ref = _reference_node(reference, reference_mask, mem_gb / 4)
     wf.connect([
         (inputnode, bg, [("field", "inputnode.field"), ("noise", "inputnode.noise"),
                          ("meta", "inputnode.meta"), ("filled_mask", "inputnode.mask")]),

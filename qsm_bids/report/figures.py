@@ -32,6 +32,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from qsm_bids.core import kernels  # noqa: E402
+
 #: Template name of the ``space-`` entity of the normalised maps.
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 
@@ -160,11 +162,7 @@ def bounding_box(
     """
     if mask is None or not np.any(mask):
         return tuple(slice(0, int(n)) for n in shape[:3])  # type: ignore[return-value]
-    idx = np.argwhere(mask > 0)
-    m = np.broadcast_to(np.asarray(margin, dtype=int), (3,))
-    lo = np.maximum(idx.min(axis=0) - m, 0)
-    hi = np.minimum(idx.max(axis=0) + m + 1, np.asarray(shape[:3]))
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
+    return kernels.bounding_box(np.asarray(mask) > 0, margin)  # type: ignore[return-value]
 
 
 def _views(

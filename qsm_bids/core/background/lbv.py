@@ -30,32 +30,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from qsm_bids.core.stencils import laplacian, neighbour_sum
+
 __all__ = ["lbv"]
 
 
 # --------------------------------------------------------------------------------------
 # Masked 7-point Laplacian and its multigrid preconditioner
 # --------------------------------------------------------------------------------------
-
-
-def _axis_slices(axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices selecting ``x[1:]`` and ``x[:-1]`` along ``axis`` of a 3D array."""
-    lo = [slice(None)] * 3
-    hi = [slice(None)] * 3
-    lo[axis] = slice(None, -1)
-    hi[axis] = slice(1, None)
-    return tuple(hi), tuple(lo)
-
-
-def _neighbour_sum(u: np.ndarray, w: tuple[float, float, float]) -> np.ndarray:
-    """``sum_d w_d (u[x + e_d] + u[x - e_d])`` with zero beyond the array."""
-    out = np.zeros_like(u)
-    for axis in range(3):
-        hi, lo = _axis_slices(axis)
-        wd = u.dtype.type(w[axis])
-        out[hi] += wd * u[lo]
-        out[lo] += wd * u[hi]
-    return out
 
 
 class _Level:
@@ -73,14 +55,14 @@ class _Level:
 
     def apply(self, u: np.ndarray) -> np.ndarray:
         """``-Laplace(u)`` on the interior (u is zero outside it), zero elsewhere."""
-        out = self.diag * u - _neighbour_sum(u, self.h2inv)
+        out = self.diag * u - neighbour_sum(u, self.h2inv)
         out *= self.maskf
         return out
 
     def sweep(self, u: np.ndarray, rhs: np.ndarray, order: tuple[np.ndarray, ...]) -> None:
         """One Gauss-Seidel sweep over the colours in ``order`` (in place)."""
         for colour in order:
-            new = rhs + _neighbour_sum(u, self.h2inv)
+            new = rhs + neighbour_sum(u, self.h2inv)
             new /= self.diag
             np.copyto(u, new, where=colour)
 
@@ -214,12 +196,6 @@ def _interior(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(mask, structure=st, border_value=0)
 
 
-def _laplacian(f: np.ndarray, voxel_size: tuple[float, ...]) -> np.ndarray:
-    """7-point Laplacian of ``f`` (unit of f per mm^2), zero-extended beyond the array."""
-    h2 = tuple(1.0 / float(v) ** 2 for v in voxel_size)
-    return _neighbour_sum(f, h2) - np.float32(2.0 * sum(h2)) * f  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------------------
 # Public function
 # --------------------------------------------------------------------------------------
@@ -311,7 +287,7 @@ def lbv(
 
     # Zhou 2014: Laplace(b) = 0 inside, b = field on the boundary. With l = field - b:
     # -Laplace(l) = -Laplace(field) on the interior, l = 0 on the boundary layer.
-    rhs = -_laplacian(fp, vs)
+    rhs = -laplacian(fp, vs)
     local = _solve_dirichlet(
         rhs, interior, vs, tolerance=float(tolerance), depth=int(depth), max_iter=int(max_iter)
     )

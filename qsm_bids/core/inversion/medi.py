@@ -114,12 +114,6 @@ def _lagged_diffusivity(
         ra *= ma
 
 
-def _reg_apply(x: np.ndarray, r: list[np.ndarray], inv_h: list[float], out: np.ndarray) -> None:
-    """``out = G^T R G x`` with ``R`` the per-axis weights ``r`` (one fused pass:
-    :func:`qsm_bids.core.stencils.weighted_div_grad`)."""
-    weighted_div_grad(x, r, inv_h, out)
-
-
 def medi(
     local_field: np.ndarray,
     mask: np.ndarray,
@@ -230,7 +224,7 @@ def medi(
     def hess(x: np.ndarray, out: np.ndarray, x_hat: np.ndarray) -> None:
         """Gauss-Newton Hessian ``G^T R G + 2 lambda D W^2 D`` applied to ``x`` (its half
         spectrum ``x_hat`` given by the solver, so ``D x`` costs one inverse FFT)."""
-        _reg_apply(x, r, inv_h, out)
+        weighted_div_grad(x, r, inv_h, out)  # G^T R G x
         dx = irfftn(x_hat * d, s=shape).astype(np.float32, copy=False)
         dx *= w2
         dx = dconv(dx)
@@ -246,7 +240,7 @@ def medi(
         _grad_add(y, inv_h, gy)
         _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost: G^T R G y + 2 lambda D W^2 sin(D y - phi)
-        _reg_apply(y, r, inv_h, grad)
+        weighted_div_grad(y, r, inv_h, grad)
         grad += lam2 * dconv(w2 * np.sin(dconv(y) - phi))
         # k-space preconditioner: the Hessian with R replaced by a constant weight
         rbar = PRECOND_WEIGHT * float(np.mean([np.median(ra[inside]) for ra in r]))

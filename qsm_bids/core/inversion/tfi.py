@@ -32,12 +32,12 @@ from qsm_bids.core.inversion.medi import (
     _edge_mask,
     _lagged_diffusivity,
     _phase_scale,
-    _reg_apply,
 )
 from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _prepare, _weights_sq
 from qsm_bids.core.inversion.tv_admm import _grad_add
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 from qsm_bids.core.linalg import conjugate_gradient
+from qsm_bids.core.stencils import weighted_div_grad
 
 __all__ = ["tfi"]
 
@@ -201,7 +201,7 @@ def tfi(
     def hess(p: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Preconditioned Gauss-Newton Hessian ``P (G^T R G + 2 lambda D W^2 D) P p``."""
         np.multiply(p, prec, out=buf)
-        _reg_apply(buf, r, inv_h, out)
+        weighted_div_grad(buf, r, inv_h, out)
         x = dconv(buf)
         x *= w2
         x = dconv(x)
@@ -221,7 +221,7 @@ def tfi(
         _grad_add(chi, inv_h, gy)
         _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost in y: P [G^T R G chi + 2 lambda D W^2 sin(D chi - phi)]
-        _reg_apply(chi, r, inv_h, res)
+        weighted_div_grad(chi, r, inv_h, res)
         x = dconv(chi)
         x -= phi
         np.sin(x, out=x)

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from qsm_bids.core.inversion.tkd import _finish, _prepare, _weights_sq
-from qsm_bids.core.kernels import fft_workers
+from qsm_bids.core.stencils import laplacian, numba_threads
 
 __all__ = ["tgv"]
 
@@ -247,30 +247,13 @@ def _primal_step(chi, w, phi, chib, wb, phib, eta, p, q, w2, mk, ca, cab, ih, il
 # --------------------------------------------------------------------------------------
 
 
-def _num_threads() -> int:
-    """Numba threads from ``QSM_BIDS_NUM_THREADS`` (the semantics of
-    :func:`~qsm_bids.core.kernels.fft_workers`: unset or -1 = all), at most
-    ``numba.config.NUMBA_NUM_THREADS``."""
-    n = fft_workers()
-    top = int(numba.config.NUMBA_NUM_THREADS)
-    return top if n <= 0 else max(1, min(int(n), top))
-
-
 def _laplacian(f: np.ndarray, sel: np.ndarray, h: Sequence[float]) -> np.ndarray:
     """7-point Laplacian of ``f`` (1/mm^2 times the unit of ``f``) where ``sel``, else 0.
 
     ``sel`` must lie at least 1 voxel inside the region where ``f`` is valid (the mask
     eroded by the stencil), so only values inside the mask enter.
     """
-    lap = np.zeros(f.shape, np.float32)
-    c = f[1:-1, 1:-1, 1:-1]
-    inner = lap[1:-1, 1:-1, 1:-1]
-    for a in range(3):
-        hi = [slice(1, -1)] * 3
-        lo = [slice(1, -1)] * 3
-        hi[a] = slice(2, None)
-        lo[a] = slice(None, -2)
-        inner += (f[tuple(hi)] + f[tuple(lo)] - 2 * c) * np.float32(1.0 / h[a] ** 2)
+    lap = laplacian(f, h)
     lap[~sel] = 0
     return lap
 
@@ -501,7 +484,7 @@ def tgv(
     w2 = _weights_sq(weights, mask, box)
     h = [float(x) for x in voxel_size]
     prev = numba.get_num_threads()
-    numba.set_num_threads(_num_threads())
+    numba.set_num_threads(numba_threads())
     try:
         chi = _solve_box(
             f,

@@ -23,17 +23,9 @@ from qsm_bids.core.inversion.tkd import (
     _weights_sq,
 )
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
+from qsm_bids.core.stencils import axis_slices
 
 __all__ = ["tv_admm"]
-
-
-def _axis_slices(axis: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Index tuples selecting ``[1:]`` and ``[:-1]`` along ``axis`` of a 3D array."""
-    hi = [slice(None)] * 3
-    lo = [slice(None)] * 3
-    hi[axis] = slice(1, None)
-    lo[axis] = slice(None, -1)
-    return tuple(hi), tuple(lo)
 
 
 def _edge(axis: int, index: int) -> tuple[slice | int, ...]:
@@ -46,7 +38,7 @@ def _edge(axis: int, index: int) -> tuple[slice | int, ...]:
 def _grad_add(x: np.ndarray, inv_h: Sequence[float], out: Sequence[np.ndarray]) -> None:
     """``out[a] += G_a x``: periodic forward differences divided by the step ``h_a``."""
     for a in range(3):
-        hi, lo = _axis_slices(a)
+        hi, lo = axis_slices(a)
         o = out[a]
         o[lo] += (x[hi] - x[lo]) * np.float32(inv_h[a])
         o[_edge(a, -1)] += (x[_edge(a, 0)] - x[_edge(a, -1)]) * np.float32(inv_h[a])
@@ -58,7 +50,7 @@ def _grad_adjoint(
     """``out = sum_a G_a^T q_a`` (negative backward-difference divergence), periodic."""
     out.fill(0)
     for a in range(3):
-        hi, lo = _axis_slices(a)
+        hi, lo = axis_slices(a)
         np.subtract(q[a][lo], q[a][hi], out=tmp[hi])
         np.subtract(q[a][_edge(a, -1)], q[a][_edge(a, 0)], out=tmp[_edge(a, 0)])
         tmp *= np.float32(inv_h[a])

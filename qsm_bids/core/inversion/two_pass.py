@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["fill_mask_holes", "combine_two_pass"]
+__all__ = ["fill_mask_holes", "fill_from_second_pass", "combine_two_pass"]
 
 
 def fill_mask_holes(mask: np.ndarray) -> np.ndarray:
@@ -76,14 +76,48 @@ def combine_two_pass(
     b = np.asarray(chi_filled, dtype=np.float32)
     ma = np.asarray(reliable_mask) != 0
     mb = np.asarray(filled_mask) != 0
-    if not (a.shape == b.shape == ma.shape == mb.shape) or a.ndim != 3:
-        raise ValueError(
-            f"maps and masks must be 3D arrays of one shape; got {a.shape}, {ma.shape}, "
-            f"{b.shape}, {mb.shape}"
-        )
+    _check_shapes(a, ma, b, mb)
     both = ma & mb
-    offset = np.float32(np.median(a[both] - b[both])) if both.any() else np.float32(0)
+    offset = float(np.median(a[both] - b[both])) if both.any() else 0.0
+    return fill_from_second_pass(a, ma, b, mb, offset=offset), ma | mb
+
+
+def _check_shapes(*arrays: np.ndarray) -> None:
+    shapes = [x.shape for x in arrays]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 3:
+        raise ValueError(f"maps and masks must be 3D arrays of one shape; got {shapes}")
+
+
+def fill_from_second_pass(
+    first: np.ndarray,
+    first_mask: np.ndarray,
+    second: np.ndarray,
+    second_mask: np.ndarray,
+    *,
+    offset: float = 0.0,
+) -> np.ndarray:
+    """``first`` inside ``first_mask``; ``second + offset`` in the voxels of ``second_mask``
+    outside it (the holes); zero elsewhere.
+
+    Parameters
+    ----------
+    first, second : (X, Y, Z) arrays
+        The two passes' volumes in one unit (susceptibility in ppm, or local field in Hz).
+    first_mask, second_mask : (X, Y, Z) arrays
+        Their masks (non-zero = inside).
+    offset : float, default 0.0
+        Added to ``second`` in the holes (unit of the volumes).
+
+    Returns
+    -------
+    (X, Y, Z) float32 array
+    """
+    a = np.asarray(first, dtype=np.float32)
+    b = np.asarray(second, dtype=np.float32)
+    ma = np.asarray(first_mask) != 0
+    mb = np.asarray(second_mask) != 0
+    _check_shapes(a, ma, b, mb)
+    out = np.where(ma, a, np.float32(0))
     holes = mb & ~ma
-    chi = np.where(ma, a, np.float32(0))
-    chi[holes] = b[holes] + offset
-    return chi.astype(np.float32, copy=False), ma | mb
+    out[holes] = b[holes] + np.float32(offset)
+    return out.astype(np.float32, copy=False)
