@@ -37,6 +37,7 @@ from qsm_bids import registry
 from qsm_bids.bids.layout import find_runs
 from qsm_bids.bids.load import load_run
 from qsm_bids.core import kernels
+from qsm_bids.core.linalg import one_blas_thread
 from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.recipe import load_recipe
@@ -196,4 +197,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # as the pipeline's stage interfaces do (BLAS threads busy-wait and slow the FFTs)
+    with one_blas_thread():
+        main()

@@ -115,3 +115,37 @@ def _kernel_in_child() -> None:
     x = np.ones(SHAPE, np.float32)
     out = weighted_div_grad(x, [x, x, x], [1.0, 1.0, 1.0], np.empty(SHAPE, np.float32))
     raise SystemExit(0 if np.abs(out).max() == 0 else 1)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_stage_interfaces_run_the_algorithm_on_one_blas_thread(monkeypatch) -> None:
+    """OpenBLAS's idle threads busy-wait after each call and slow the FFTs that follow, so
+    the stage interfaces run every algorithm with one BLAS thread, and restore the setting
+    afterwards."""
+    from qsm_bids.interfaces import base
+
+    np.dot(np.ones(10), np.ones(10))  # make sure numpy's BLAS is loaded
+    before = _blas_threads()
+    if not before or max(before) <= 1:
+        pytest.skip("BLAS runs on one thread here anyway")
+    seen: list[list[int]] = []
+
+    def algorithm(x: int) -> int:
+        seen.append(_blas_threads())
+        return x + 1
+
+    monkeypatch.setattr(base.registry, "get_function", lambda stage, name: algorithm)
+    monkeypatch.setattr(base.registry, "resolve", lambda stage, name, params: {})
+
+    class Probe(base.StageInterface):
+        input_spec = base.StageInputSpec
+        stage = "inversion"
+
+    assert Probe(algorithm="probe", params={}, num_threads=2).call(1) == 2
+    assert seen and all(n == 1 for n in seen[0])
+    assert _blas_threads() == before

@@ -7,8 +7,22 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
+from threadpoolctl import threadpool_limits
 
 from qsm_bids.core.kernels import irfftn, rfftn
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Context manager that runs BLAS (OpenBLAS, MKL, BLIS) on one thread inside it.
+
+    The solvers use BLAS only for memory-bound vector operations (:func:`dot`,
+    :func:`axpy`, norms), which gain little from threads; but after every call OpenBLAS's
+    idle threads busy-wait for a while, taking the cores from the FFT threads that follow.
+    On 2 cores at 1 mm this made the FFTs inside PDF and MEDI about 1.5x slower (PDF 7.5
+    against 4.9 s, MEDI 12.5 against 10.0 s; benchmarks/RESULTS.md). The pipeline's stage
+    interfaces run every algorithm inside it; so do the benchmarks.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def dot(a: np.ndarray, b: np.ndarray) -> float:

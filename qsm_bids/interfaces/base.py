@@ -19,6 +19,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, traits
 
 from qsm_bids import __version__, registry
+from qsm_bids.core.linalg import one_blas_thread
 
 
 def read_volume(path: str | os.PathLike, dtype: type = np.float32) -> np.ndarray:
@@ -76,11 +77,16 @@ class StageInterface(SimpleInterface):
     stage: str = ""
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the chosen algorithm with the recipe's parameters and ``kwargs``."""
+        """Call the chosen algorithm with the recipe's parameters and ``kwargs``.
+
+        FFTs and numba kernels get ``num_threads`` threads, BLAS one
+        (:func:`qsm_bids.core.linalg.one_blas_thread`).
+        """
         os.environ["QSM_BIDS_NUM_THREADS"] = str(max(1, self.inputs.num_threads))
         func = registry.get_function(self.stage, self.inputs.algorithm)
         params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
-        return func(*args, **kwargs, **registry.function_kwargs(params))
+        with one_blas_thread():
+            return func(*args, **kwargs, **registry.function_kwargs(params))
 
     def call_offering(self, *args: Any, **offered: Any) -> Any:
         """Call the chosen algorithm with ``args`` and the ``offered`` inputs it names.
