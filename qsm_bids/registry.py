@@ -97,13 +97,20 @@ DATA_WEIGHTS = "data_weights"
 #: (:mod:`qsm_bids.core.background.feedback`). Not passed to the function.
 FEEDBACK = "dipole_feedback"
 
+#: Pipeline-level parameter of the same methods: the over-relaxation ``w`` of each feedback
+#: pass, ``x_(k+1) = x_k + w (G(x_k) - x_k)`` on the local field (1: the plain pass; see
+#: :func:`qsm_bids.core.background.feedback.relax`). Not passed to the function.
+FEEDBACK_RELAXATION = "feedback_relaxation"
+
 #: Pipeline-level parameter of every inversion: run the background removal and inversion a
 #: second time on the brain mask with its holes filled, and use that map in the holes
 #: (strong sources; :mod:`qsm_bids.core.inversion.two_pass`). Not passed to the function.
 TWO_PASS = "two_pass"
 
 #: The pipeline-level parameters above: validated with the algorithm's, never passed to it.
-PIPELINE_PARAMETERS: frozenset[str] = frozenset({DATA_WEIGHTS, FEEDBACK, TWO_PASS})
+PIPELINE_PARAMETERS: frozenset[str] = frozenset(
+    {DATA_WEIGHTS, FEEDBACK, FEEDBACK_RELAXATION, TWO_PASS}
+)
 
 
 def function_kwargs(params: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +179,7 @@ def parameters(stage: str, algorithm: str) -> dict[str, Parameter]:
         params[DATA_WEIGHTS] = Parameter(DATA_WEIGHTS, False, bool)
     if stage == "background" and algorithm != "none":
         params[FEEDBACK] = Parameter(FEEDBACK, 0, int)
+        params[FEEDBACK_RELAXATION] = Parameter(FEEDBACK_RELAXATION, 1.0, float)
     if stage == "inversion":
         params[TWO_PASS] = Parameter(TWO_PASS, False, bool)
     return params
@@ -192,4 +200,11 @@ def resolve(stage: str, algorithm: str, given: dict[str, Any]) -> dict[str, Any]
             out[name] = known[name].coerce(value)
         except TypeError as exc:
             raise ValueError(f"[{stage}] parameter {name!r}: {exc}") from exc
+    if out.get(FEEDBACK, 0) < 0:
+        raise ValueError(f"[{stage}] parameter {FEEDBACK!r} must be >= 0, got {out[FEEDBACK]}")
+    if FEEDBACK_RELAXATION in out and not out[FEEDBACK_RELAXATION] > 0:
+        raise ValueError(
+            f"[{stage}] parameter {FEEDBACK_RELAXATION!r} must be > 0, "
+            f"got {out[FEEDBACK_RELAXATION]}"
+        )
     return out

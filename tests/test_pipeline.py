@@ -87,6 +87,10 @@ def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, 
     if passes:
         edge = graph.get_edge_data(wf.get_node("inversion_feedback1_wf"), last_bg)
         assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]
+        # each pass is over-relaxed from the local field of the pass before it
+        edge = graph.get_edge_data(wf.get_node("background_feedback1_wf"), last_bg)
+        assert ("outputnode.local_field", "inputnode.previous_local") in edge["connect"]
+        assert ("outputnode.local_mask", "inputnode.chi_mask") in edge["connect"]
 
 
 def test_phase_only_runs_switch_to_the_phase_quality_mask(recipe):

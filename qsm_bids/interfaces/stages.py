@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
-from qsm_bids.core.background.feedback import remove_with_feedback, susceptibility_field
+from qsm_bids import registry
+from qsm_bids.core.background.feedback import relax, remove_with_feedback, susceptibility_field
 from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm, ppm_to_hz
 from qsm_bids.core.quality import inverse_noise_weights
@@ -168,6 +169,11 @@ class _BackgroundInputSpec(StageInputSpec):
         "(background removal with susceptibility feedback)",
     )
     chi_mask = File(exists=True, desc="where chi is defined (its sources)")
+    previous_local = File(
+        exists=True,
+        desc="local field (Hz) chi was computed from, on chi_mask: the feedback pass is "
+        "over-relaxed from it (the recipe's feedback_relaxation)",
+    )
 
 
 class _BackgroundOutputSpec(TraitedSpec):
@@ -204,6 +210,16 @@ class BackgroundRemoval(StageInterface):
                 *geometry,
                 chi_field,
             )
+            params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
+            w = float(params[registry.FEEDBACK_RELAXATION])
+            if w != 1.0 and isdefined(self.inputs.previous_local):
+                local = relax(
+                    read_volume(self.inputs.previous_local),
+                    read_mask(self.inputs.chi_mask),
+                    local,
+                    local_mask,
+                    w,
+                )
         else:
             local, local_mask = self.call_offering(
                 field, mask, *geometry, weights=_noise_weights(self.inputs.noise, mask)

@@ -19,18 +19,22 @@ def init_background_wf(
 
     Inputs: ``field`` (total, Hz), ``noise`` (its SD, Hz; optional), ``mask``, ``meta``;
     optional ``chi`` (ppm) and ``chi_mask``: a susceptibility estimate whose field is removed
-    first and added back (a feedback pass, :mod:`qsm_bids.core.background.feedback`).
-    Outputs: ``local_field`` (Hz), ``local_mask``.
+    first and added back (a feedback pass, :mod:`qsm_bids.core.background.feedback`), and
+    ``previous_local`` (Hz), the local field ``chi`` came from, from which the pass is
+    over-relaxed (the stage's ``feedback_relaxation``). Outputs: ``local_field`` (Hz),
+    ``local_mask``.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        IdentityInterface(["field", "noise", "mask", "meta", "chi", "chi_mask"]), name="inputnode"
+        IdentityInterface(["field", "noise", "mask", "meta", "chi", "chi_mask", "previous_local"]),
+        name="inputnode",
     )
     outputnode = pe.Node(IdentityInterface(["local_field", "local_mask"]), name="outputnode")
     node = stage_node(BackgroundRemoval, choice, name="background", mem_gb=mem_gb, n_procs=n_procs)
     wf.connect([
         (inputnode, node, [("field", "field"), ("noise", "noise"), ("mask", "mask"),
-                           ("meta", "meta"), ("chi", "chi"), ("chi_mask", "chi_mask")]),
+                           ("meta", "meta"), ("chi", "chi"), ("chi_mask", "chi_mask"),
+                           ("previous_local", "previous_local")]),
         (node, outputnode, [("local_field", "local_field"), ("local_mask", "local_mask")]),
     ])  # fmt: skip
     return wf

@@ -15,6 +15,19 @@ The fixed point is a local field consistent with its own inversion. This is the 
 (block coordinate) form of fitting the total field with sources inside and outside the mask
 at once, as total field inversion does (Liu Z et al., Magn Reson Med 2017;78:303-315), with
 the background method kept as the outside-source model.
+
+Relaxation (:func:`relax`): written as a fixed-point iteration ``x_(k+1) = G(x_k)`` on the
+local field (``G`` = invert, then the feedback pass above), plain feedback converges slowly:
+``x_1 - x_0`` is the part of ``D chi_0``'s field that the background method removes, while
+the part of the true local field it removed is about twice that, because ``chi_0`` itself
+was estimated from the depleted field ``x_0``. On the head phantom the full-pipeline NRMSE
+went 21.5 -> 19.5 -> 18.4 % with 0 / 1 / 2 plain passes (errors shrinking by about half per
+pass). The over-relaxed iteration ``x_(k+1) = x_k + w (G(x_k) - x_k)`` with ``w = 1 / (1 -
+r)`` for a contraction ``r`` about 0.5 sums that geometric series in one step: with ``w =
+2`` one pass does what several plain ones do (the pipeline's own fields, MEDI, PDF 50
+iterations: built-in 2 mm 3 T 32.3 -> 30.3 %, 2 mm 7 T tilted 15 degrees 38.3 -> 35.3 %,
+qsm-forward 'simple' 12.3 -> 8.8 %; w = 1.5 / 2.5 / 3 gave 30.9 / 30.3 / 30.7 %, 35.7 /
+35.6 / 36.5 % and 10.5 / 7.5 / 6.6 % there; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ import numpy as np
 
 from qsm_bids.core.kernels import MaskBox, dipole_kernel, irfftn, rfftn
 
-__all__ = ["susceptibility_field", "remove_with_feedback"]
+__all__ = ["susceptibility_field", "remove_with_feedback", "relax"]
 
 
 def susceptibility_field(
@@ -111,3 +124,47 @@ def remove_with_feedback(
     # step 2: the estimate's field added back
     local = np.where(local_mask, residual + cf, np.float32(0)).astype(np.float32)
     return local, local_mask
+
+
+def relax(
+    previous: np.ndarray,
+    previous_mask: np.ndarray,
+    new: np.ndarray,
+    new_mask: np.ndarray,
+    relaxation: float = 2.0,
+) -> np.ndarray:
+    """Over-relaxed feedback step ``previous + relaxation * (new - previous)``.
+
+    ``previous`` is the local field the susceptibility estimate was computed from, ``new``
+    the feedback pass's result on it (:func:`remove_with_feedback`). Where ``new_mask``
+    reaches beyond ``previous_mask`` there is no previous value and ``new`` is kept.
+
+    Parameters
+    ----------
+    previous : (X, Y, Z) array
+        Local field of the previous pass (unit of ``new``, e.g. Hz).
+    previous_mask : (X, Y, Z) array
+        Where ``previous`` is defined (non-zero = inside).
+    new : (X, Y, Z) array
+        Local field of the feedback pass.
+    new_mask : (X, Y, Z) array
+        Where ``new`` is defined; the returned field is zero outside it.
+    relaxation : float, default 2.0
+        ``w``: 1 is the plain feedback pass; 2 sums a fixed-point iteration contracting by
+        half per pass (module docstring). Must be > 0.
+
+    Returns
+    -------
+    (X, Y, Z) float32 array
+        The relaxed local field, zero outside ``new_mask``.
+    """
+    if not relaxation > 0:
+        raise ValueError(f"relaxation must be > 0, got {relaxation}")
+    p = np.asarray(previous, np.float32)
+    n = np.asarray(new, np.float32)
+    if p.shape != n.shape:
+        raise ValueError(f"previous {p.shape} and new {n.shape} local fields differ in shape")
+    both = (np.asarray(previous_mask) != 0) & (np.asarray(new_mask) != 0)
+    w = np.float32(relaxation)
+    out = np.where(both, p + w * (n - p), n)
+    return np.where(np.asarray(new_mask) != 0, out, np.float32(0)).astype(np.float32)
