@@ -114,7 +114,13 @@ def background_table(truth: dict) -> None:
         print(f"| {algo} | {own:.1f} | {shared:.1f} | {sec:.1f} |")
 
 
-def full_table(bids: Path, truth_of, tmp: Path, inversion_only: dict[str, np.ndarray]) -> None:
+def full_table(
+    bids: Path,
+    truth_of,
+    tmp: Path,
+    inversion_only: dict[str, np.ndarray],
+    recipes: list[str] | None = None,
+) -> None:
     """Part 3: each built-in recipe through the participant level.
 
     The ratio column divides the full pipeline's NRMSE by that of the same inversion given
@@ -124,7 +130,7 @@ def full_table(bids: Path, truth_of, tmp: Path, inversion_only: dict[str, np.nda
     print("\n#### Full pipeline from magnitude and phase\n")
     extra = " full / inversion-only |" if inversion_only else ""
     print(HEADER.format(what="recipe", extra_h=extra, extra_s="---|" if extra else ""))
-    for name in builtin_recipes():
+    for name in recipes or builtin_recipes():
         recipe = load_recipe(name)
         out = tmp / f"out-{name}"
         res = run_participant_level(
@@ -218,6 +224,9 @@ def main() -> None:
     parser.add_argument("--qsm-forward", action="store_true")
     parser.add_argument("--skip-full", action="store_true")
     parser.add_argument("--only-full", action="store_true")
+    parser.add_argument(
+        "--recipes", nargs="+", choices=builtin_recipes(), help="full pipelines (default: all)"
+    )
     ns = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -241,12 +250,18 @@ def main() -> None:
                 inv = inversion_table(truth, ns.noise_ppm, ns.seed)
                 background_table(truth)
             if not ns.skip_full:
-                full_table(bids, lambda s, b=bids: builtin_truth(b, s), tmp / f"run-{b0:g}", inv)
+                full_table(
+                    bids,
+                    lambda s, b=bids: builtin_truth(b, s),
+                    tmp / f"run-{b0:g}",
+                    inv,
+                    ns.recipes,
+                )
         if ns.qsm_forward:
             for b0 in ns.field_strengths:
                 bids, truth = qsm_forward_dataset(tmp, b0)
                 print(f"\n### qsm-forward 'simple' phantom, {b0:g} T, grid {truth['chi'].shape}")
-                full_table(bids, lambda s, t=truth: t, tmp / f"qf-{b0:g}", {})
+                full_table(bids, lambda s, t=truth: t, tmp / f"qf-{b0:g}", {}, ns.recipes)
 
 
 if __name__ == "__main__":
