@@ -79,7 +79,7 @@ def test_susceptibility_accuracy_against_truth(e2e):
         mask=out / ANAT / "sub-01_desc-local_mask.nii.gz",
     )
     print(f"e2e NRMSE {ev.nrmse_percent:.1f} %\n{ev.table()}")
-    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 30.3 (default PDF + MEDI + relaxed feedback)
+    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 30.3 (PDF + MEDI + relaxed feedback)
     errors = ev.region_errors()
     for region in DEEP_GREY:
         assert abs(errors[region]) < 0.02, f"{region}: {errors[region]:+.4f} ppm"
