@@ -118,6 +118,12 @@ def test_over_relaxed_feedback_pass_beats_the_plain_one(phantom):
         pdf, total, brain, VOX, B0, susceptibility_field(chi1, m, VOX, B0)
     )
     relaxed = relax(loc, m, plain, m2, 2.0)
+    # the feedback pass does the same step itself when given the previous local field
+    fused, _ = remove_with_feedback(
+        pdf, total, brain, VOX, B0, susceptibility_field(chi1, m, VOX, B0),
+        previous=(loc, m), relaxation=2.0,
+    )  # fmt: skip
+    np.testing.assert_array_equal(fused, relaxed)
     region = m & m2
     e = [_nrmse(x, phantom["local"], region) for x in (loc, plain, relaxed)]
     chi_plain = medi(plain, m2, VOX, B0, magnitude=mag)

@@ -107,8 +107,7 @@ def conjugate_gradient(
     r = np.array(b, dtype=np.float32, copy=True)
     p_hat = None
     if kspace is not None:
-        z, p_hat = kspace(r)
-        p_hat = p_hat.copy()
+        z, p_hat = kspace(r)  # a fresh spectrum: the solver updates it in place
     else:
         z = precond(r) if precond is not None else r
     p = np.array(z, dtype=np.float32, copy=True)

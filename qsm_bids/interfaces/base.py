@@ -76,6 +76,11 @@ class StageInterface(SimpleInterface):
 
     stage: str = ""
 
+    def resolved_params(self) -> dict[str, Any]:
+        """The recipe's parameters with the algorithm's defaults, validated (pipeline-level
+        ones included)."""
+        return registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
+
     def call(self, *args: Any, **kwargs: Any) -> Any:
         """Call the chosen algorithm with the recipe's parameters and ``kwargs``.
 
@@ -84,7 +89,7 @@ class StageInterface(SimpleInterface):
         """
         os.environ["QSM_BIDS_NUM_THREADS"] = str(max(1, self.inputs.num_threads))
         func = registry.get_function(self.stage, self.inputs.algorithm)
-        params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
+        params = self.resolved_params()
         with one_blas_thread():
             return func(*args, **kwargs, **registry.function_kwargs(params))
 
@@ -100,7 +105,7 @@ class StageInterface(SimpleInterface):
         """
         func = registry.get_function(self.stage, self.inputs.algorithm)
         signature = inspect.signature(func).parameters
-        params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
+        params = self.resolved_params()
         if not params.get(registry.DATA_WEIGHTS, False):
             offered.pop("weights", None)
         kwargs = {}

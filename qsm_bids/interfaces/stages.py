@@ -10,7 +10,7 @@ import numpy as np
 from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 
 from qsm_bids import registry
-from qsm_bids.core.background.feedback import relax, remove_with_feedback, susceptibility_field
+from qsm_bids.core.background.feedback import remove_with_feedback, susceptibility_field
 from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm, ppm_to_hz
 from qsm_bids.core.quality import inverse_noise_weights
@@ -195,12 +195,14 @@ class BackgroundRemoval(StageInterface):
         field = read_volume(self.inputs.field)
         if isdefined(self.inputs.chi):
             # feedback pass: remove(field - D chi) + D chi (core.background.feedback)
+            chi_mask = read_mask(self.inputs.chi_mask)
             chi_field = ppm_to_hz(
-                susceptibility_field(
-                    read_volume(self.inputs.chi), read_mask(self.inputs.chi_mask), *geometry
-                ),
+                susceptibility_field(read_volume(self.inputs.chi), chi_mask, *geometry),
                 float(meta["field_strength"]),
             ).astype(np.float32)
+            previous = None
+            if isdefined(self.inputs.previous_local):
+                previous = (read_volume(self.inputs.previous_local), chi_mask)
             local, local_mask = remove_with_feedback(
                 lambda f, *a: self.call_offering(
                     f, *a, weights=_noise_weights(self.inputs.noise, mask)
@@ -209,17 +211,9 @@ class BackgroundRemoval(StageInterface):
                 mask,
                 *geometry,
                 chi_field,
+                previous=previous,
+                relaxation=float(self.resolved_params()[registry.FEEDBACK_RELAXATION]),
             )
-            params = registry.resolve(self.stage, self.inputs.algorithm, dict(self.inputs.params))
-            w = float(params[registry.FEEDBACK_RELAXATION])
-            if w != 1.0 and isdefined(self.inputs.previous_local):
-                local = relax(
-                    read_volume(self.inputs.previous_local),
-                    read_mask(self.inputs.chi_mask),
-                    local,
-                    local_mask,
-                    w,
-                )
         else:
             local, local_mask = self.call_offering(
                 field, mask, *geometry, weights=_noise_weights(self.inputs.noise, mask)

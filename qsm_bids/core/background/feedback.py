@@ -84,9 +84,13 @@ def remove_with_feedback(
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
     chi_field: np.ndarray,
+    *,
+    previous: tuple[np.ndarray, np.ndarray] | None = None,
+    relaxation: float = 1.0,
     **kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One feedback pass: ``remove(field - chi_field) + chi_field`` on the returned mask.
+    """One feedback pass: ``remove(field - chi_field) + chi_field`` on the returned mask,
+    over-relaxed from the previous local field when ``previous`` is given (:func:`relax`).
 
     Parameters
     ----------
@@ -104,6 +108,11 @@ def remove_with_feedback(
     chi_field : (X, Y, Z) array
         Field of the current susceptibility estimate in the unit of ``field``
         (:func:`susceptibility_field` converted, e.g. to Hz).
+    previous : (local_field, local_mask) or None, default None
+        The local field the estimate was computed from and its mask; with ``relaxation``
+        other than 1 the result is ``relax(*previous, new, new_mask, relaxation)``.
+    relaxation : float, default 1.0
+        ``w`` of :func:`relax`; 1 (or no ``previous``) is the plain pass.
     **kwargs
         Passed to ``remove``.
 
@@ -123,6 +132,9 @@ def remove_with_feedback(
     local_mask = np.asarray(local_mask, bool)
     # step 2: the estimate's field added back
     local = np.where(local_mask, residual + cf, np.float32(0)).astype(np.float32)
+    # step 3 (optional): over-relaxation from the previous local field
+    if previous is not None and relaxation != 1.0:
+        local = relax(previous[0], previous[1], local, local_mask, relaxation)
     return local, local_mask
 
 
