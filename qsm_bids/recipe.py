@@ -18,7 +18,7 @@ Everything is validated here, before any data is touched.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ class StageChoice:
                 k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()
             },
         }
+
+    def with_max_iter_from(self, parameter: str) -> StageChoice:
+        """This choice with ``max_iter`` set to the value of the pipeline-level
+        ``parameter`` (``feedback_max_iter``, ``preliminary_max_iter``) when that is
+        positive and the algorithm has a ``max_iter``; otherwise this choice."""
+        n = int(self.params.get(parameter, 0))
+        if n > 0 and "max_iter" in self.params:
+            return replace(self, params={**self.params, "max_iter": n})
+        return self
 
 
 @dataclass(frozen=True)

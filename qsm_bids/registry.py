@@ -102,6 +102,17 @@ FEEDBACK = "dipole_feedback"
 #: :func:`qsm_bids.core.background.feedback.relax`). Not passed to the function.
 FEEDBACK_RELAXATION = "feedback_relaxation"
 
+#: Pipeline-level parameter of the background methods with a ``max_iter``: the ``max_iter``
+#: of the feedback passes, which remove the background of the map's field alone (the linear
+#: form of :func:`qsm_bids.core.background.feedback.remove_with_feedback`); 0 keeps the
+#: method's own. Not passed to the function.
+FEEDBACK_MAX_ITER = "feedback_max_iter"
+
+#: Pipeline-level parameter of the inversions with a ``max_iter``: the ``max_iter`` of the
+#: first inversion when feedback passes follow (its map only feeds the first feedback pass;
+#: the last pass's map is the result); 0 keeps the method's own. Not passed to the function.
+PRELIMINARY_MAX_ITER = "preliminary_max_iter"
+
 #: Pipeline-level parameter of every inversion: run the background removal and inversion a
 #: second time on the brain mask with its holes filled, and use that map in the holes
 #: (strong sources; :mod:`qsm_bids.core.inversion.two_pass`). Not passed to the function.
@@ -109,7 +120,7 @@ TWO_PASS = "two_pass"
 
 #: The pipeline-level parameters above: validated with the algorithm's, never passed to it.
 PIPELINE_PARAMETERS: frozenset[str] = frozenset(
-    {DATA_WEIGHTS, FEEDBACK, FEEDBACK_RELAXATION, TWO_PASS}
+    {DATA_WEIGHTS, FEEDBACK, FEEDBACK_RELAXATION, FEEDBACK_MAX_ITER, PRELIMINARY_MAX_ITER, TWO_PASS}
 )
 
 
@@ -180,8 +191,12 @@ def parameters(stage: str, algorithm: str) -> dict[str, Parameter]:
     if stage == "background" and algorithm != "none":
         params[FEEDBACK] = Parameter(FEEDBACK, 0, int)
         params[FEEDBACK_RELAXATION] = Parameter(FEEDBACK_RELAXATION, 1.0, float)
+        if "max_iter" in params:
+            params[FEEDBACK_MAX_ITER] = Parameter(FEEDBACK_MAX_ITER, 0, int)
     if stage == "inversion":
         params[TWO_PASS] = Parameter(TWO_PASS, False, bool)
+        if "max_iter" in params:
+            params[PRELIMINARY_MAX_ITER] = Parameter(PRELIMINARY_MAX_ITER, 0, int)
     return params
 
 
@@ -200,8 +215,9 @@ def resolve(stage: str, algorithm: str, given: dict[str, Any]) -> dict[str, Any]
             out[name] = known[name].coerce(value)
         except TypeError as exc:
             raise ValueError(f"[{stage}] parameter {name!r}: {exc}") from exc
-    if out.get(FEEDBACK, 0) < 0:
-        raise ValueError(f"[{stage}] parameter {FEEDBACK!r} must be >= 0, got {out[FEEDBACK]}")
+    for name in (FEEDBACK, FEEDBACK_MAX_ITER, PRELIMINARY_MAX_ITER):
+        if out.get(name, 0) < 0:
+            raise ValueError(f"[{stage}] parameter {name!r} must be >= 0, got {out[name]}")
     if FEEDBACK_RELAXATION in out and not out[FEEDBACK_RELAXATION] > 0:
         raise ValueError(
             f"[{stage}] parameter {FEEDBACK_RELAXATION!r} must be > 0, "

@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 ANAT = Path("sub-01") / "anat"
 #: NRMSE bound (%) of the default pipeline at 2 mm, axial 3 T and oblique 7 T alike: what
-#: the default reaches (30.3 and 35.3 %) with a margin for numerical differences
-E2E_NRMSE_BOUND = 40.0
+#: the default reaches (28.7 and 33.4 %) with a margin for numerical differences
+E2E_NRMSE_BOUND = 38.0
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_susceptibility_accuracy_against_truth(e2e):
         mask=out / ANAT / "sub-01_desc-local_mask.nii.gz",
     )
     print(f"e2e NRMSE {ev.nrmse_percent:.1f} %\n{ev.table()}")
-    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 30.3 (PDF + MEDI + relaxed feedback)
+    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 28.7 (PDF + MEDI + two relaxed feedback passes)
     errors = ev.region_errors()
     for region in DEEP_GREY:
         assert abs(errors[region]) < 0.02, f"{region}: {errors[region]:+.4f} ppm"

@@ -91,6 +91,45 @@ def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, 
         edge = graph.get_edge_data(wf.get_node("background_feedback1_wf"), last_bg)
         assert ("outputnode.local_field", "inputnode.previous_local") in edge["connect"]
         assert ("outputnode.local_mask", "inputnode.chi_mask") in edge["connect"]
+        # every pass removes the background of the map's field alone (the linear form)
+        first = wf.get_node("background_wf")
+        for i in range(1, passes + 1):
+            edge = graph.get_edge_data(first, wf.get_node(f"background_feedback{i}_wf"))
+            assert ("outputnode.local_field", "inputnode.first_local") in edge["connect"]
+
+
+def test_feedback_passes_and_the_first_map_take_their_own_iteration_counts(tmp_path, recipe):
+    """``feedback_max_iter`` sets the feedback passes' background ``max_iter`` and
+    ``preliminary_max_iter`` the first inversion's; the last inversion keeps its own."""
+    from dataclasses import replace
+
+    from qsm_bids import registry
+
+    bids = _tiny_bids(tmp_path / "bids")
+    run = find_runs(bids)[0]
+    bg, inv = recipe["background"], recipe["inversion"]
+    stages = {
+        **recipe.stages,
+        "background": replace(bg, params={**bg.params, registry.FEEDBACK: 1,
+                                          registry.FEEDBACK_MAX_ITER: 7, "max_iter": 40}),
+        "inversion": replace(inv, params={**inv.params, registry.PRELIMINARY_MAX_ITER: 2,
+                                          "max_iter": 9}),
+    }  # fmt: skip
+    wf = init_qsm_wf(run, replace(recipe, stages=stages), output_dir=tmp_path / "o", bids_dir=bids)
+    params = {n: wf.get_node(n).inputs.params["max_iter"] for n in (
+        "background_wf.background", "background_feedback1_wf.background",
+        "inversion_wf.invert", "inversion_feedback1_wf.invert")}  # fmt: skip
+    assert params == {
+        "background_wf.background": 40,
+        "background_feedback1_wf.background": 7,
+        "inversion_wf.invert": 2,
+        "inversion_feedback1_wf.invert": 9,
+    }
+    # without feedback passes the one inversion is the result: its own max_iter
+    stages["background"] = replace(stages["background"], params={
+        **stages["background"].params, registry.FEEDBACK: 0})  # fmt: skip
+    wf = init_qsm_wf(run, replace(recipe, stages=stages), output_dir=tmp_path / "p", bids_dir=bids)
+    assert wf.get_node("inversion_wf.invert").inputs.params["max_iter"] == 9
 
 
 def test_phase_only_runs_switch_to_the_phase_quality_mask(recipe):

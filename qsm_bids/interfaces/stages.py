@@ -174,6 +174,11 @@ class _BackgroundInputSpec(StageInputSpec):
         desc="local field (Hz) chi was computed from, on chi_mask: the feedback pass is "
         "over-relaxed from it (the recipe's feedback_relaxation)",
     )
+    first_local = File(
+        exists=True,
+        desc="local field (Hz) of the plain pass on the same mask: the feedback pass then "
+        "removes the background of chi's field alone (linear form)",
+    )
 
 
 class _BackgroundOutputSpec(TraitedSpec):
@@ -194,7 +199,8 @@ class BackgroundRemoval(StageInterface):
         geometry = (tuple(meta["voxel_size"]), tuple(meta["b0_dir"]))
         field = read_volume(self.inputs.field)
         if isdefined(self.inputs.chi):
-            # feedback pass: remove(field - D chi) + D chi (core.background.feedback)
+            # feedback pass: remove(field - D chi) + D chi (core.background.feedback), in
+            # the linear form first - remove(D chi) + D chi when the plain pass is given
             chi_mask = read_mask(self.inputs.chi_mask)
             chi_field = ppm_to_hz(
                 susceptibility_field(read_volume(self.inputs.chi), chi_mask, *geometry),
@@ -213,6 +219,9 @@ class BackgroundRemoval(StageInterface):
                 chi_field,
                 previous=previous,
                 relaxation=float(self.resolved_params()[registry.FEEDBACK_RELAXATION]),
+                first=read_volume(self.inputs.first_local)
+                if isdefined(self.inputs.first_local)
+                else None,
             )
         else:
             local, local_mask = self.call_offering(

@@ -122,8 +122,14 @@ def init_qsm_wf(
     unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=n_procs)
     combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
     background_wf = init_background_wf(recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs)
+    # background removal with susceptibility feedback: rerun the background stage on the total
+    # field minus the field of the latest map, then invert again (the last pair is used); the
+    # first map then only feeds the first feedback pass, and may be cheaper
+    feedback = int(recipe["background"].params.get(registry.FEEDBACK, 0))
     inversion_wf = init_inversion_wf(
-        recipe["inversion"],
+        recipe["inversion"].with_max_iter_from(registry.PRELIMINARY_MAX_ITER)
+        if feedback
+        else recipe["inversion"],
         recipe["reference"],
         reference_mask=reference_mask,
         mem_gb=30 * vol + 0.3,
@@ -137,14 +143,11 @@ def init_qsm_wf(
         fill = pe.Node(FillMaskHoles(), name="fill_mask_holes", mem_gb=vol + 0.1)
         wf.connect(mask_wf, "outputnode.mask", fill, "mask")
         field_mask = (fill, "mask")
-    # background removal with susceptibility feedback: rerun the background stage on the total
-    # field minus the field of the latest map, then invert again (the last pair is used)
-    feedback = int(recipe["background"].params.get(registry.FEEDBACK, 0))
     stages = [(background_wf, inversion_wf)]
     for i in range(1, feedback + 1):
         bg_i = init_background_wf(
-            recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs,
-            name=f"background_feedback{i}_wf",
+            recipe["background"].with_max_iter_from(registry.FEEDBACK_MAX_ITER),
+            mem_gb=30 * vol + 0.3, n_procs=n_procs, name=f"background_feedback{i}_wf",
         )  # fmt: skip
         inv_i = init_inversion_wf(
             recipe["inversion"], recipe["reference"], reference_mask=reference_mask,
@@ -156,6 +159,7 @@ def init_qsm_wf(
             (mask_wf, bg_i, [("outputnode.mask", "inputnode.mask")]),
             (combine_wf, bg_i, [("outputnode.field", "inputnode.field"),
                                 ("outputnode.noise", "inputnode.noise")]),
+            (background_wf, bg_i, [("outputnode.local_field", "inputnode.first_local")]),
             (prev_inv, bg_i, [("outputnode.chi_raw", "inputnode.chi")]),
             (prev_bg, bg_i, [("outputnode.local_mask", "inputnode.chi_mask"),
                              ("outputnode.local_field", "inputnode.previous_local")]),

@@ -21,12 +21,15 @@ def init_background_wf(
     optional ``chi`` (ppm) and ``chi_mask``: a susceptibility estimate whose field is removed
     first and added back (a feedback pass, :mod:`qsm_bids.core.background.feedback`), and
     ``previous_local`` (Hz), the local field ``chi`` came from, from which the pass is
-    over-relaxed (the stage's ``feedback_relaxation``). Outputs: ``local_field`` (Hz),
-    ``local_mask``.
+    over-relaxed (the stage's ``feedback_relaxation``), and ``first_local`` (Hz), the plain
+    pass's local field, with which the pass removes the background of ``chi``'s field alone
+    (the linear form). Outputs: ``local_field`` (Hz), ``local_mask``.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        IdentityInterface(["field", "noise", "mask", "meta", "chi", "chi_mask", "previous_local"]),
+        IdentityInterface(
+            ["field", "noise", "mask", "meta", "chi", "chi_mask", "previous_local", "first_local"]
+        ),
         name="inputnode",
     )
     outputnode = pe.Node(IdentityInterface(["local_field", "local_mask"]), name="outputnode")
@@ -34,7 +37,8 @@ def init_background_wf(
     wf.connect([
         (inputnode, node, [("field", "field"), ("noise", "noise"), ("mask", "mask"),
                            ("meta", "meta"), ("chi", "chi"), ("chi_mask", "chi_mask"),
-                           ("previous_local", "previous_local")]),
+                           ("previous_local", "previous_local"),
+                           ("first_local", "first_local")]),
         (node, outputnode, [("local_field", "local_field"), ("local_mask", "local_mask")]),
     ])  # fmt: skip
     return wf

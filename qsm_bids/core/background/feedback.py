@@ -87,10 +87,17 @@ def remove_with_feedback(
     *,
     previous: tuple[np.ndarray, np.ndarray] | None = None,
     relaxation: float = 1.0,
+    first: np.ndarray | None = None,
     **kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One feedback pass: ``remove(field - chi_field) + chi_field`` on the returned mask,
     over-relaxed from the previous local field when ``previous`` is given (:func:`relax`).
+
+    With ``first`` (``remove(field)``, already computed by the plain pass) the pass uses
+    the linearity of background removal instead, ``remove(field - chi_field) = first -
+    remove(chi_field)``: only the estimate's field goes through ``remove``. That field is
+    the size of the local field, not of the background (about 25 times larger on the head
+    phantom), so an iterative method needs far fewer iterations for it (see Notes).
 
     Parameters
     ----------
@@ -113,6 +120,9 @@ def remove_with_feedback(
         other than 1 the result is ``relax(*previous, new, new_mask, relaxation)``.
     relaxation : float, default 1.0
         ``w`` of :func:`relax`; 1 (or no ``previous``) is the plain pass.
+    first : (X, Y, Z) array or None, default None
+        ``remove(field, mask, ...)`` of the plain pass, same mask and parameters (zero
+        outside its mask); given, ``field`` is not used.
     **kwargs
         Passed to ``remove``.
 
@@ -122,13 +132,30 @@ def remove_with_feedback(
         The new local field (unit of ``field``), zero outside ``local_mask``.
     local_mask : (X, Y, Z) bool array
         ``remove``'s mask.
+
+    Notes
+    -----
+    With ``first``, PDF on the estimate's field alone and 10 conjugate-gradient iterations
+    gave better maps than PDF rerun on ``field - chi_field`` with its 50 (the pipeline's
+    fields, MEDI, one pass with relaxation 2: built-in 2 mm 3 T 29.5 against 30.3 %, 2 mm
+    7 T tilted 15 degrees 34.3 against 35.3 %, qsm-forward 'simple' 7.9 against 8.8 %; 1 mm
+    16.8 against 17.0 %), at a fifth of the cost (1.1 against 4.2 s at 1 mm). With 50
+    iterations it did worse (32.4 / 39.4 / 8.3 %): the first iterations fit the large-scale
+    part of the estimate's field, the part the outside sources can reproduce, while later
+    ones also fit its detail at the mask's edge, where the estimate is least reliable.
     """
-    f = np.asarray(field, np.float32)
     cf = np.asarray(chi_field, np.float32)
-    if cf.shape != f.shape:
-        raise ValueError(f"chi_field {cf.shape} must have the shape of field {f.shape}")
-    # step 1: the background method on the total field minus the estimate's field
-    residual, local_mask = remove(f - cf, mask, voxel_size, b0_dir, **kwargs)
+    base = np.asarray(field if first is None else first, np.float32)
+    if cf.shape != base.shape:
+        what = "field" if first is None else "first"
+        raise ValueError(f"chi_field {cf.shape} must have the shape of {what} {base.shape}")
+    if first is None:
+        # step 1: the background method on the total field minus the estimate's field
+        residual, local_mask = remove(base - cf, mask, voxel_size, b0_dir, **kwargs)
+    else:
+        # step 1, linear form: remove(field - cf) = remove(field) - remove(cf)
+        removed, local_mask = remove(cf, mask, voxel_size, b0_dir, **kwargs)
+        residual = base - removed
     local_mask = np.asarray(local_mask, bool)
     # step 2: the estimate's field added back
     local = np.where(local_mask, residual + cf, np.float32(0)).astype(np.float32)
