@@ -197,7 +197,11 @@ class BackgroundRemoval(StageInterface):
         meta = read_meta(self.inputs.meta)
         mask = read_mask(self.inputs.mask)
         geometry = (tuple(meta["voxel_size"]), tuple(meta["b0_dir"]))
-        field = read_volume(self.inputs.field)
+        first = None
+        if isdefined(self.inputs.first_local) and isdefined(self.inputs.chi):
+            first = read_volume(self.inputs.first_local)
+        # the linear form of the feedback pass does not need the total field
+        field = read_volume(self.inputs.field) if first is None else None
         if isdefined(self.inputs.chi):
             # feedback pass: remove(field - D chi) + D chi (core.background.feedback), in
             # the linear form first - remove(D chi) + D chi when the plain pass is given
@@ -219,9 +223,7 @@ class BackgroundRemoval(StageInterface):
                 chi_field,
                 previous=previous,
                 relaxation=float(self.resolved_params()[registry.FEEDBACK_RELAXATION]),
-                first=read_volume(self.inputs.first_local)
-                if isdefined(self.inputs.first_local)
-                else None,
+                first=first,
             )
         else:
             local, local_mask = self.call_offering(

@@ -79,7 +79,7 @@ def susceptibility_field(
 
 def remove_with_feedback(
     remove: Callable[..., tuple[np.ndarray, np.ndarray]],
-    field: np.ndarray,
+    field: np.ndarray | None,
     mask: np.ndarray,
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
@@ -104,8 +104,8 @@ def remove_with_feedback(
     remove : callable
         A background method with the stage signature ``(field, mask, voxel_size, b0_dir,
         **kwargs) -> (local_field, local_mask)`` (e.g. :func:`qsm_bids.core.background.pdf`).
-    field : (X, Y, Z) array
-        Total field, any linear unit (the pipeline passes Hz).
+    field : (X, Y, Z) array or None
+        Total field, any linear unit (the pipeline passes Hz); None when ``first`` is given.
     mask : (X, Y, Z) array
         Brain mask (non-zero = inside).
     voxel_size : 3 floats
@@ -145,6 +145,8 @@ def remove_with_feedback(
     ones also fit its detail at the mask's edge, where the estimate is least reliable.
     """
     cf = np.asarray(chi_field, np.float32)
+    if first is None and field is None:
+        raise ValueError("give the total field, or first = remove(field)")
     base = np.asarray(field if first is None else first, np.float32)
     if cf.shape != base.shape:
         what = "field" if first is None else "first"
