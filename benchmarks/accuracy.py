@@ -125,8 +125,9 @@ def recipe_background(truth: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     pipeline runs them (``pipeline.base.init_qsm_wf``) on the true total field: the first
     map from the inversion with ``preliminary_max_iter``, each pass in the linear form with
     ``feedback_max_iter`` and over-relaxed, each later map from the full inversion (the
-    first-echo magnitude for MEDI; no data weights). Returns the last local field (Hz) and
-    its mask."""
+    first-echo magnitude for MEDI; no data weights), and the local field consistent with the
+    final map (one more plain linear pass), which the pipeline writes. Returns that local
+    field (Hz) and its mask."""
     recipe = load_recipe(name)
     bg, inv = recipe["background"], recipe["inversion"]
     remove = registry.get_function("background", bg.algorithm)
@@ -147,15 +148,20 @@ def recipe_background(truth: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
     if passes:
         chi = chi_of(first, mask, inv.with_max_iter_from(registry.PRELIMINARY_MAX_ITER))
     feedback_kw = registry.function_kwargs(bg.with_max_iter_from(registry.FEEDBACK_MAX_ITER).params)
-    for k in range(passes):
+    for _ in range(passes):
         chi_field = ppm_to_hz(susceptibility_field(chi, mask, *geometry), truth["field_strength"])
         local, mask = remove_with_feedback(
             remove, None, truth["brain"], *geometry, chi_field, previous=(local, mask),
             relaxation=float(bg.params[registry.FEEDBACK_RELAXATION]), first=first,
             **feedback_kw,
         )  # fmt: skip
-        if k < passes - 1:
-            chi = chi_of(local, mask, inv)
+        chi = chi_of(local, mask, inv)
+    if passes:
+        # the local field the pipeline writes: consistent with the final map (a plain pass)
+        chi_field = ppm_to_hz(susceptibility_field(chi, mask, *geometry), truth["field_strength"])
+        local, mask = remove_with_feedback(
+            remove, None, truth["brain"], *geometry, chi_field, first=first, **feedback_kw
+        )
     return local, mask
 
 

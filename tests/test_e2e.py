@@ -79,7 +79,8 @@ def test_susceptibility_accuracy_against_truth(e2e):
         mask=out / ANAT / "sub-01_desc-local_mask.nii.gz",
     )
     print(f"e2e NRMSE {ev.nrmse_percent:.1f} %\n{ev.table()}")
-    assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 28.7 (PDF + MEDI + two relaxed feedback passes)
+    # reached 28.7 (PDF + MEDI + two relaxed feedback passes)
+    assert ev.nrmse_percent < E2E_NRMSE_BOUND
     errors = ev.region_errors()
     for region in DEEP_GREY:
         assert abs(errors[region]) < 0.02, f"{region}: {errors[region]:+.4f} ppm"
@@ -162,7 +163,8 @@ def test_written_field_maps_match_the_true_fields_in_hz(e2e):
                   load(truth / "sub-01_desc-local_fieldmap.nii.gz"), m)  # fmt: skip
     print(f"total field NRMSE {total:.2f} %, local field NRMSE {local:.1f} %")
     assert total < 3.0
-    assert local < 45.0
+    # reached 23.6 (the local field consistent with the final map, after two feedback passes)
+    assert local < 30.0
 
 
 def test_regional_statistics_after_registration_match_the_truth(e2e):

@@ -83,7 +83,19 @@ def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, 
     last_bg = wf.get_node(f"background_feedback{passes}_wf" if passes else "background_wf")
     last_inv = wf.get_node(f"inversion_feedback{passes}_wf" if passes else "inversion_wf")
     assert graph.has_edge(last_inv, wf.get_node("phase_sign"))
-    assert graph.has_edge(last_bg, wf.get_node("derivatives"))
+    # the local field written: with feedback, one more plain linear pass on the final map
+    written = wf.get_node("background_consistent_wf") if passes else last_bg
+    assert ("background_consistent_wf.background" in names) == bool(passes)
+    edge = graph.get_edge_data(written, wf.get_node("derivatives"))
+    assert ("outputnode.local_field", "local_field") in edge["connect"]
+    if passes:
+        edge = graph.get_edge_data(last_inv, written)
+        assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]
+        edge = graph.get_edge_data(wf.get_node("background_wf"), written)
+        assert ("outputnode.local_field", "inputnode.first_local") in edge["connect"]
+        # and it is not relaxed: nothing feeds its previous_local
+        into = [c for u in graph.predecessors(written) for c in graph[u][written]["connect"]]
+        assert all(dst != "inputnode.previous_local" for _, dst in into)
     if passes:
         edge = graph.get_edge_data(wf.get_node("inversion_feedback1_wf"), last_bg)
         assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]

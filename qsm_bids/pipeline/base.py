@@ -172,6 +172,24 @@ def init_qsm_wf(
     last_bg, last_inv = stages[-1]
     # what the outputs come from: the last pass, or the two-pass combination
     final_local = (last_bg, "outputnode.local_field")
+    if feedback:
+        # the local field written is the one consistent with the final map: the plain pass
+        # plus the part of the map's field that the background removal takes (one more
+        # linear pass, not relaxed); the relaxed field the map came from overshoots
+        consistent = init_background_wf(
+            recipe["background"].with_max_iter_from(registry.FEEDBACK_MAX_ITER),
+            mem_gb=30 * vol + 0.3, n_procs=n_procs, name="background_consistent_wf",
+        )  # fmt: skip
+        wf.connect([
+            (load, consistent, [("meta", "inputnode.meta")]),
+            (mask_wf, consistent, [("outputnode.mask", "inputnode.mask")]),
+            (combine_wf, consistent, [("outputnode.field", "inputnode.field"),
+                                      ("outputnode.noise", "inputnode.noise")]),
+            (background_wf, consistent, [("outputnode.local_field", "inputnode.first_local")]),
+            (last_inv, consistent, [("outputnode.chi_raw", "inputnode.chi")]),
+            (last_bg, consistent, [("outputnode.local_mask", "inputnode.chi_mask")]),
+        ])  # fmt: skip
+        final_local = (consistent, "outputnode.local_field")
     final_mask = (last_bg, "outputnode.local_mask")
     final_chi = (last_inv, "outputnode.chi")
     final_note = (last_inv, "outputnode.reference_note")
@@ -187,8 +205,8 @@ def init_qsm_wf(
             (field_mask[0], two_pass_wf, [(field_mask[1], "inputnode.filled_mask")]),
             (combine_wf, two_pass_wf, [("outputnode.field", "inputnode.field"),
                                        ("outputnode.noise", "inputnode.noise")]),
-            (last_bg, two_pass_wf, [("outputnode.local_field", "inputnode.local_field"),
-                                    ("outputnode.local_mask", "inputnode.local_mask")]),
+            (final_local[0], two_pass_wf, [(final_local[1], "inputnode.local_field")]),
+            (last_bg, two_pass_wf, [("outputnode.local_mask", "inputnode.local_mask")]),
             (last_inv, two_pass_wf, [("outputnode.chi_raw", "inputnode.chi_raw")]),
         ])  # fmt: skip
         final_local = (two_pass_wf, "outputnode.local_field")
