@@ -144,25 +144,34 @@ def init_qsm_wf(
         wf.connect(mask_wf, "outputnode.mask", fill, "mask")
         field_mask = (fill, "mask")
     stages = [(background_wf, inversion_wf)]
-    for i in range(1, feedback + 1):
-        bg_i = init_background_wf(
+
+    def feedback_background(name: str, prev_bg, prev_inv, relaxed: bool) -> pe.Workflow:
+        """A feedback pass (linear form) on the map of ``prev_inv``, whose local field and
+        mask came from ``prev_bg``; over-relaxed from that field when ``relaxed``."""
+        node = init_background_wf(
             recipe["background"].with_max_iter_from(registry.FEEDBACK_MAX_ITER),
-            mem_gb=30 * vol + 0.3, n_procs=n_procs, name=f"background_feedback{i}_wf",
+            mem_gb=30 * vol + 0.3, n_procs=n_procs, name=name,
         )  # fmt: skip
+        wf.connect([
+            (load, node, [("meta", "inputnode.meta")]),
+            (mask_wf, node, [("outputnode.mask", "inputnode.mask")]),
+            (combine_wf, node, [("outputnode.field", "inputnode.field"),
+                                ("outputnode.noise", "inputnode.noise")]),
+            (background_wf, node, [("outputnode.local_field", "inputnode.first_local")]),
+            (prev_inv, node, [("outputnode.chi_raw", "inputnode.chi")]),
+            (prev_bg, node, [("outputnode.local_mask", "inputnode.chi_mask")]),
+        ])  # fmt: skip
+        if relaxed:
+            wf.connect(prev_bg, "outputnode.local_field", node, "inputnode.previous_local")
+        return node
+
+    for i in range(1, feedback + 1):
+        bg_i = feedback_background(f"background_feedback{i}_wf", *stages[-1], relaxed=True)
         inv_i = init_inversion_wf(
             recipe["inversion"], recipe["reference"], reference_mask=reference_mask,
             mem_gb=30 * vol + 0.3, n_procs=n_procs, name=f"inversion_feedback{i}_wf",
         )  # fmt: skip
-        prev_bg, prev_inv = stages[-1]
         wf.connect([
-            (load, bg_i, [("meta", "inputnode.meta")]),
-            (mask_wf, bg_i, [("outputnode.mask", "inputnode.mask")]),
-            (combine_wf, bg_i, [("outputnode.field", "inputnode.field"),
-                                ("outputnode.noise", "inputnode.noise")]),
-            (background_wf, bg_i, [("outputnode.local_field", "inputnode.first_local")]),
-            (prev_inv, bg_i, [("outputnode.chi_raw", "inputnode.chi")]),
-            (prev_bg, bg_i, [("outputnode.local_mask", "inputnode.chi_mask"),
-                             ("outputnode.local_field", "inputnode.previous_local")]),
             (load, inv_i, [("meta", "inputnode.meta"), ("magnitude", "inputnode.magnitude")]),
             (combine_wf, inv_i, [("outputnode.noise", "inputnode.noise")]),
             (bg_i, inv_i, [("outputnode.local_field", "inputnode.local_field"),
@@ -176,19 +185,7 @@ def init_qsm_wf(
         # the local field written is the one consistent with the final map: the plain pass
         # plus the part of the map's field that the background removal takes (one more
         # linear pass, not relaxed); the relaxed field the map came from overshoots
-        consistent = init_background_wf(
-            recipe["background"].with_max_iter_from(registry.FEEDBACK_MAX_ITER),
-            mem_gb=30 * vol + 0.3, n_procs=n_procs, name="background_consistent_wf",
-        )  # fmt: skip
-        wf.connect([
-            (load, consistent, [("meta", "inputnode.meta")]),
-            (mask_wf, consistent, [("outputnode.mask", "inputnode.mask")]),
-            (combine_wf, consistent, [("outputnode.field", "inputnode.field"),
-                                      ("outputnode.noise", "inputnode.noise")]),
-            (background_wf, consistent, [("outputnode.local_field", "inputnode.first_local")]),
-            (last_inv, consistent, [("outputnode.chi_raw", "inputnode.chi")]),
-            (last_bg, consistent, [("outputnode.local_mask", "inputnode.chi_mask")]),
-        ])  # fmt: skip
+        consistent = feedback_background("background_consistent_wf", *stages[-1], relaxed=False)
         final_local = (consistent, "outputnode.local_field")
     final_mask = (last_bg, "outputnode.local_mask")
     final_chi = (last_inv, "outputnode.chi")
