@@ -28,6 +28,13 @@ r)`` for a contraction ``r`` about 0.5 sums that geometric series in one step: w
 iterations: built-in 2 mm 3 T 32.3 -> 30.3 %, 2 mm 7 T tilted 15 degrees 38.3 -> 35.3 %,
 qsm-forward 'simple' 12.3 -> 8.8 %; w = 1.5 / 2.5 / 3 gave 30.9 / 30.3 / 30.7 %, 35.7 /
 35.6 / 36.5 % and 10.5 / 7.5 / 6.6 % there; benchmarks/RESULTS.md).
+
+The relaxed field ``x_k`` is a step of the accelerated iteration, not the best estimate of
+the local field: it overshoots. The local field consistent with a final map ``chi`` is one
+more plain pass, ``G = remove(total - D chi) + D chi`` (no relaxation), which the pipeline
+writes: given the true total field of the 1 mm head phantom, 16.8 % NRMSE after the
+default's two passes, against 24.7 % for the relaxed field, 22.3 % for LBV and 34.7 % for
+PDF alone.
 """
 
 from __future__ import annotations
