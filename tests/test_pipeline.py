@@ -96,7 +96,6 @@ def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, 
         # and it is not relaxed: nothing feeds its previous_local
         into = [c for u in graph.predecessors(written) for c in graph[u][written]["connect"]]
         assert all(dst != "inputnode.previous_local" for _, dst in into)
-    if passes:
         edge = graph.get_edge_data(wf.get_node("inversion_feedback1_wf"), last_bg)
         assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]
         # each pass is over-relaxed from the local field of the pass before it
