@@ -39,7 +39,7 @@ from qsm_bids.core.background.feedback import remove_with_feedback, susceptibili
 from qsm_bids.core.kernels import b0_direction, voxel_sizes
 from qsm_bids.core.linalg import one_blas_thread
 from qsm_bids.core.metrics import evaluation_mask, nrmse
-from qsm_bids.core.physics import hz_to_ppm, ppm_to_hz
+from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.evaluate import DEEP_GREY, evaluate_maps, read_label_names
 from qsm_bids.recipe import builtin_recipes, load_recipe
 from qsm_bids.simulate.dataset import simulate_dataset
@@ -149,7 +149,9 @@ def recipe_background(truth: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
         chi = chi_of(first, mask, inv.with_max_iter_from(registry.PRELIMINARY_MAX_ITER))
     feedback_kw = registry.function_kwargs(bg.with_max_iter_from(registry.FEEDBACK_MAX_ITER).params)
     for _ in range(passes):
-        chi_field = ppm_to_hz(susceptibility_field(chi, mask, *geometry), truth["field_strength"])
+        chi_field = susceptibility_field(
+            chi, mask, *geometry, field_strength=truth["field_strength"]
+        )
         local, mask = remove_with_feedback(
             remove, None, truth["brain"], *geometry, chi_field, previous=(local, mask),
             relaxation=float(bg.params[registry.FEEDBACK_RELAXATION]), first=first,
@@ -158,7 +160,9 @@ def recipe_background(truth: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
         chi = chi_of(local, mask, inv)
     if passes:
         # the local field the pipeline writes: consistent with the final map (a plain pass)
-        chi_field = ppm_to_hz(susceptibility_field(chi, mask, *geometry), truth["field_strength"])
+        chi_field = susceptibility_field(
+            chi, mask, *geometry, field_strength=truth["field_strength"]
+        )
         local, mask = remove_with_feedback(
             remove, None, truth["brain"], *geometry, chi_field, first=first, **feedback_kw
         )

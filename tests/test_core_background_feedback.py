@@ -17,6 +17,7 @@ from qsm_bids.core.background import (
 from qsm_bids.core.inversion import medi
 from qsm_bids.core.kernels import dipole_convolve
 from qsm_bids.core.metrics import nrmse as _nrmse
+from qsm_bids.core.physics import ppm_to_hz
 
 VOX = (2.0, 2.0, 2.0)
 B0 = (0.0, 0.0, 1.0)
@@ -90,6 +91,9 @@ def test_field_of_the_map_matches_the_padded_convolution_inside_the_mask(phantom
     ref = dipole_convolve(phantom["chi"], VOX, B0, pad_factor=2.0)
     # the box (8 voxels of padding) wraps around a little: reached 1.1 % of the field
     assert _nrmse(f, ref, brain) < 3.0
+    # in Hz with the field strength (the pipeline's unit): the ppm field times gamma B0
+    hz = susceptibility_field(phantom["chi"], brain, VOX, B0, field_strength=3.0)
+    np.testing.assert_allclose(hz, ppm_to_hz(f, 3.0), rtol=1e-5, atol=1e-6 * np.abs(hz).max())
 
 
 def test_feedback_is_a_recipe_parameter_of_local_field_methods_only():

@@ -12,7 +12,7 @@ from nipype.interfaces.base import File, TraitedSpec, isdefined, traits
 from qsm_bids import registry
 from qsm_bids.core.background.feedback import remove_with_feedback, susceptibility_field
 from qsm_bids.core.mask import combine_echoes
-from qsm_bids.core.physics import hz_to_ppm, ppm_to_hz
+from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.core.quality import inverse_noise_weights
 from qsm_bids.core.reference import reference_mean
 from qsm_bids.core.relaxometry import t2star_from_r2star
@@ -206,10 +206,10 @@ class BackgroundRemoval(StageInterface):
             # feedback pass: remove(field - D chi) + D chi (core.background.feedback), in
             # the linear form first - remove(D chi) + D chi when the plain pass is given
             chi_mask = read_mask(self.inputs.chi_mask)
-            chi_field = ppm_to_hz(
-                susceptibility_field(read_volume(self.inputs.chi), chi_mask, *geometry),
-                float(meta["field_strength"]),
-            ).astype(np.float32)
+            chi_field = susceptibility_field(
+                read_volume(self.inputs.chi), chi_mask, *geometry,
+                field_strength=float(meta["field_strength"]),
+            )  # fmt: skip
             previous = None
             if isdefined(self.inputs.previous_local):
                 previous = (read_volume(self.inputs.previous_local), chi_mask)

@@ -44,6 +44,7 @@ from collections.abc import Callable
 import numpy as np
 
 from qsm_bids.core.kernels import MaskBox, dipole_kernel, irfftn, rfftn
+from qsm_bids.core.physics import ppm_to_hz
 
 __all__ = ["susceptibility_field", "remove_with_feedback", "relax"]
 
@@ -53,8 +54,11 @@ def susceptibility_field(
     mask: np.ndarray,
     voxel_size: tuple[float, float, float],
     b0_dir: tuple[float, float, float],
+    *,
+    field_strength: float | None = None,
 ) -> np.ndarray:
-    """Field (ppm of B0) of the susceptibility inside ``mask``, on the mask's bounding box.
+    """Field (ppm of B0, or Hz) of the susceptibility inside ``mask``, on the mask's
+    bounding box.
 
     The convolution runs on the mask's bounding box padded by 8 voxels
     (:class:`qsm_bids.core.kernels.MaskBox`), the grid the dipole inversions themselves model
@@ -71,16 +75,22 @@ def susceptibility_field(
         Voxel size (mm).
     b0_dir : 3 floats
         B0 direction in voxel-index space.
+    field_strength : float or None, default None
+        B0 (T). Given, the field is returned in Hz (the scale folded into the kernel);
+        None returns ppm.
 
     Returns
     -------
     (X, Y, Z) float32 array
-        ``D (chi 1_mask)`` in ppm on the padded bounding box of ``mask``, zero elsewhere.
+        ``D (chi 1_mask)`` in ppm (or Hz) on the padded bounding box of ``mask``, zero
+        elsewhere.
     """
     inside = np.asarray(mask) != 0
     box = MaskBox(inside, 8)
     chi = box.embed(np.where(inside, np.asarray(chi_ppm, np.float32), np.float32(0)))
     d = dipole_kernel(box.shape, voxel_size, b0_dir, real=True, dc=0.0)
+    if field_strength is not None:
+        d *= np.float32(ppm_to_hz(1.0, float(field_strength)))
     return box.extract(irfftn(rfftn(chi) * d, s=box.shape))
 
 
@@ -121,7 +131,7 @@ def remove_with_feedback(
         B0 direction in voxel-index space.
     chi_field : (X, Y, Z) array
         Field of the current susceptibility estimate in the unit of ``field``
-        (:func:`susceptibility_field` converted, e.g. to Hz).
+        (:func:`susceptibility_field`, in Hz with its ``field_strength``).
     previous : (local_field, local_mask) or None, default None
         The local field the estimate was computed from and its mask; with ``relaxation``
         other than 1 the result is ``relax(*previous, new, new_mask, relaxation)``.
@@ -167,7 +177,7 @@ def remove_with_feedback(
         residual = base - removed
     local_mask = np.asarray(local_mask, bool)
     # step 2: the estimate's field added back
-    local = np.where(local_mask, residual + cf, np.float32(0)).astype(np.float32)
+    local = np.where(local_mask, residual + cf, np.float32(0)).astype(np.float32, copy=False)
     # step 3 (optional): over-relaxation from the previous local field
     if previous is not None and relaxation != 1.0:
         local = relax(previous[0], previous[1], local, local_mask, relaxation)
