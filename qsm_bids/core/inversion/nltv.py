@@ -10,9 +10,12 @@ regularization for quantitative susceptibility mapping. Magn Reson Med 2019;81:1
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from qsm_bids.core.inversion.medi import _phase_scale
+from qsm_bids.core.inversion.regularisation import automatic_lambda
 from qsm_bids.core.inversion.tkd import (
     _finish,
     _grad_scale,
@@ -23,7 +26,13 @@ from qsm_bids.core.inversion.tkd import (
 from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
-__all__ = ["nltv"]
+__all__ = ["LAMBDA_PER_SIGMA", "nltv"]
+
+log = logging.getLogger("qsm_bids")
+
+#: The automatic TV weight of :func:`nltv` per unit of the field's cone inconsistency
+#: (``lambda_ppm = LAMBDA_PER_SIGMA * sigma``). PLACEHOLDER, being measured.
+LAMBDA_PER_SIGMA = 0.09
 
 
 def _newton_phase(
@@ -54,7 +63,8 @@ def nltv(
     b0_dir: tuple[float, float, float],
     *,
     weights: np.ndarray | None = None,
-    lambda_: float = 7e-4,
+    lambda_: float = 0.0,
+    lambda_per_sigma: float = LAMBDA_PER_SIGMA,
     rho: float = 1e-2,
     max_iter: int = 200,
     tol: float = 2e-3,
@@ -94,12 +104,18 @@ def nltv(
     weights : (X, Y, Z) array or None, default None
         Data-fidelity weights ``W`` (e.g. inverse field noise SD or magnitude); None
         means 1.
-    lambda_ : float, default 7e-4
+    lambda_ : float, default 0.0
         TV weight, in rad (the unit of ``phi``); with the automatic phase scale it acts like
         ``lambda_ * p`` in the ppm units of :func:`tv_admm`, ``p`` the 99.9th percentile of
-        ``|f|`` (0.075 ppm on the head phantom at 3 T, so 7e-4 ~ 5e-5 ppm). Chosen on that
-        phantom (2 mm, true local field + 0.001 ppm noise): NRMSE 20.1 / 18.7 / 19.1 % for
-        5e-4 / 7e-4 / 1e-3. Raise it for noisier fields.
+        ``|f|``. 0 (the default) chooses it from the data:
+        ``lambda_per_sigma * sigma * s`` with ``sigma`` the field's inconsistency on the
+        dipole cone (ppm, :func:`~qsm_bids.core.inversion.regularisation.cone_inconsistency`)
+        and ``s`` the phase scale; the value used is logged. A positive value is used as
+        given (before 2026-12, 7e-4 was the default: chosen on the built-in phantom, whose
+        data share the inversion's own kernel, it under-regularises real brains).
+    lambda_per_sigma : float, default :data:`LAMBDA_PER_SIGMA`
+        The automatic weight per unit of cone inconsistency (used when ``lambda_`` is 0);
+        how it was chosen is in :data:`LAMBDA_PER_SIGMA`.
     rho : float, default 1e-2
         ADMM penalty of the gradient constraint ``z = G y`` (FANSI's mu1); the penalty of
         the data constraint ``v = D y`` (FANSI's mu2) is fixed at 1.
@@ -132,8 +148,8 @@ def nltv(
     (X, Y, Z) float32 array
         Susceptibility in ppm, zero outside ``mask``.
     """
-    if float(lambda_) <= 0 or float(rho) <= 0:
-        raise ValueError("lambda_ and rho must be > 0")
+    if float(lambda_) < 0 or float(rho) <= 0:
+        raise ValueError("lambda_ must be >= 0 (0: automatic) and rho > 0")
     if weak_harmonic and (float(beta) <= 0 or float(mu_h) <= 0):
         raise ValueError("beta and mu_h must be > 0")
     if int(max_iter) < 1 or int(newton_iter) < 1:
@@ -141,6 +157,13 @@ def nltv(
     f, m, shape, box = _prepare(local_field, mask)
     w2 = _weights_sq(weights, mask, box)
     s = _phase_scale(f, w2, phase_scale)
+    if float(lambda_) == 0:
+        # the weight from the data: proportional to the field's error level (ppm)
+        lam_ppm, sigma = automatic_lambda(local_field, mask, voxel_size, b0_dir, lambda_per_sigma)
+        lambda_ = lam_ppm * s
+        log.info(
+            "nltv: TV weight from the data %.3g ppm (cone inconsistency %.3g ppm)", lam_ppm, sigma
+        )
     mu1 = np.float32(rho)
     mu2 = np.float32(1.0)
 
