@@ -10,11 +10,12 @@ near the cone turns exactly that part into the streaks of unregularised inversio
 is the error level against which the data term must be balanced.
 
 :func:`cone_inconsistency` measures it: the RMS amplitude per voxel that the field's
-spectrum has on the cone, ``sigma = sqrt(mean_cone |F(k)|^2 / sum w^2)`` for the field times a window ``w`` that
-goes smoothly to zero at the mask's edge (Parseval: white noise of SD ``sigma`` has
-exactly that expected power at every ``k``). Only mid and high spatial frequencies
-enter, and the window keeps the mask edge from spreading the large off-cone power of a
-consistent field onto the cone.
+spectrum has on the cone, ``sigma = sqrt(mean_cone |F(k)|^2 / sum w^2)`` for the field
+times a window ``w`` that goes smoothly to zero at the mask's edge (Parseval: white
+noise of SD ``sigma`` has exactly that expected power at every ``k``). Only mid and high
+spatial frequencies enter, and the window keeps the mask edge from spreading the large
+off-cone power of a consistent field onto the cone (on the 2016 challenge brain the
+dipole field of chi_33 scores 0.0012 ppm on this measure, the measured field 0.0069).
 
 Why not the echo fit's noise map alone (the discrepancy principle on thermal noise)? On
 the 2016 challenge brain the thermal noise of the field is about 0.003 ppm (Donoho's
@@ -38,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from scipy import ndimage
 
 from qsm_bids.core.kernels import bounding_box, dipole_kernel, kspace_grid, rfftn
