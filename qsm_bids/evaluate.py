@@ -12,14 +12,16 @@ the region table reports both maps with their mean over the mask removed.
 
 The measures are those of the QSM reconstruction challenges (2016: Langkammer et al., MRM
 2018;79:1661; 2.0: Bilgic et al., MRM 2021;86:1241 and Marques et al., MRM 2021;86:526)
-and XSIM (Milovic et al., MRM 2024); see :mod:`qsm_bids.core.metrics`.
+and XSIM (Milovic et al., MRM 2024); see :mod:`qsm_bids.core.metrics`. The streaking
+index (:mod:`qsm_bids.core.streaking`) needs no reference: it is reported for the
+estimate and for the truth, in the same eroded mask, so that the two can be compared.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from qsm_bids.core.metrics import (
     region_error_table,
     xsim,
 )
+from qsm_bids.core.streaking import streaking_index
 from qsm_bids.errors import QSMInputError
 
 #: Deep grey-matter regions reported by the demo and bounded by the tests.
@@ -55,6 +58,8 @@ METRIC_LABELS: dict[str, tuple[str, str]] = {
     "dgm_slope": ("DGM slope", ".4f"),
     "dgm_slope_error": ("DGM slope error |1-slope|", ".4f"),
     "coverage": ("coverage (finite, nonzero)", ".4f"),
+    "streaking_index": ("streaking index (cone)", ".3f"),
+    "truth_streaking_index": ("truth streaking index", ".3f"),
 }
 
 
@@ -146,6 +151,14 @@ def _labels_named(names: Mapping[int, str], wanted: tuple[str, ...]) -> dict[int
     return dict(sorted(found.items(), key=lambda kv: order[kv[1]]))
 
 
+def _streaking(chi: np.ndarray, m: np.ndarray, voxel_size_mm, b0_dir) -> float:
+    """:func:`~qsm_bids.core.streaking.streaking_index`, ``nan`` where undefined."""
+    try:
+        return streaking_index(chi, m, voxel_size_mm, b0_dir)
+    except ValueError:  # a 1-voxel mask
+        return math.nan
+
+
 def evaluate_maps(
     chi: np.ndarray,
     truth: np.ndarray,
@@ -157,6 +170,7 @@ def evaluate_maps(
     dgm_regions: tuple[str, ...] = DEEP_GREY,
     calcification_region: str = CALCIFICATION,
     voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
 ) -> dict[str, Any]:
     """All accuracy measures of ``chi`` against ``truth`` (both ppm), ready for JSON.
 
@@ -178,7 +192,11 @@ def evaluate_maps(
         Region name of a calcification, scored with
         :func:`~qsm_bids.core.metrics.calcification_streaking` when present.
     voxel_size_mm : tuple of float, default (1, 1, 1)
-        Voxel edges (mm), for the calcification moments (ppm * mm^3).
+        Voxel edges (mm), for the calcification moments (ppm * mm^3) and the streaking
+        index.
+    b0_dir : 3 floats, default (0, 0, 1)
+        B0 direction in voxel-index space (:func:`b0_direction_of`), for the streaking
+        index.
 
     Returns
     -------
@@ -190,7 +208,9 @@ def evaluate_maps(
         ``calcification`` (``None`` or ``streaking``, ``moment_error_ppm_mm3``,
         ``truth_moment_ppm_mm3``, ``estimate_moment_ppm_mm3``, ``threshold_ppm``,
         ``voxels``), ``regions`` (``name -> {estimate_ppm, truth_ppm, error_ppm, voxels}``,
-        both maps demeaned over the evaluation mask) and ``referencing`` (a sentence).
+        both maps demeaned over the evaluation mask), ``streaking_index`` and
+        ``truth_streaking_index`` (:func:`qsm_bids.core.streaking.streaking_index` of each
+        map in the evaluation mask; no reference needed) and ``referencing`` (a sentence).
         Undefined values are ``None``.
 
     Raises
@@ -227,6 +247,8 @@ def evaluate_maps(
         "hfen_percent": hfen(chi, truth, m),
         "xsim": xsim(chi_ref, truth, m),
         "correlation": correlation(chi, truth, m),
+        "streaking_index": _streaking(chi, m, voxel_size_mm, b0_dir),
+        "truth_streaking_index": _streaking(truth, m, voxel_size_mm, b0_dir),
         "dgm_slope": math.nan,
         "dgm_slope_error": math.nan,
         "dgm_regions": [],
@@ -347,6 +369,30 @@ def read_volume(path: Path, what: str = "image") -> tuple[np.ndarray, np.ndarray
     return data, np.asarray(img.affine, dtype=np.float64), zooms
 
 
+def b0_direction_of(path: Path, affine: np.ndarray) -> tuple[float, float, float]:
+    """The B0 direction (voxel-index space) of a map: the ``B0Direction`` of its JSON
+    sidecar (written by the participant level) when present, else the scanner z axis
+    through the affine (:func:`qsm_bids.core.kernels.b0_direction`)."""
+    import json
+
+    from qsm_bids.core.kernels import b0_direction
+
+    path = Path(path)
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            side = path.with_name(name[: -len(ext)] + ".json")
+            try:
+                value = json.loads(side.read_text()).get("B0Direction")
+                b = np.asarray(value, dtype=np.float64)
+                if b.shape == (3,) and np.linalg.norm(b) > 0:
+                    return tuple(float(v) for v in b / np.linalg.norm(b))  # type: ignore[return-value]
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass  # no (usable) sidecar
+            break
+    return tuple(float(v) for v in b0_direction(affine))  # type: ignore[return-value]
+
+
 def check_same_shape(path: Path, shape: tuple, ref_path: Path, ref_shape: tuple) -> None:
     """Raise :class:`EvaluationInputError` naming ``path`` if its grid differs from the ref."""
     if tuple(shape) != tuple(ref_shape):
@@ -377,7 +423,7 @@ def evaluate_against_truth(
     if not tsv.is_file():
         raise EvaluationInputError(tsv, "label table not found")
     names = read_label_names(tsv)
-    chi, _, zooms = read_volume(Path(chimap), "susceptibility map")
+    chi, chi_affine, zooms = read_volume(Path(chimap), "susceptibility map")
     check_same_shape(Path(chimap), chi.shape, truth_path, truth.shape)
     for p, a in ((brain_path, brain), (labels_path, labels)):
         check_same_shape(p, a.shape, truth_path, truth.shape)
@@ -388,7 +434,14 @@ def evaluate_against_truth(
         m &= extra > 0
     lab = np.rint(labels).astype(np.int32)
     metrics = evaluate_maps(
-        chi, truth, m, lab, names, erode_voxels=erode_voxels, voxel_size_mm=zooms
+        chi,
+        truth,
+        m,
+        lab,
+        names,
+        erode_voxels=erode_voxels,
+        voxel_size_mm=zooms,
+        b0_dir=b0_direction_of(Path(chimap), chi_affine),
     )
     regions = metrics["regions"]
     return Evaluation(

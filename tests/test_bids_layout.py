@@ -219,9 +219,10 @@ def test_inherited_sidecars(tmp_path):
     )
     r1, r2 = find_runs(ds)
     assert r1.echo_times == pytest.approx(info["tes"])
-    assert r1.field_strength == 7.0
+    assert (r1.field_strength, r1.field_strength_source) == (7.0, "MagneticFieldStrength")
     assert r2.field_strength == pytest.approx(123.25 / GAMMA_BAR_MHZ_PER_T)
-    assert any("ImagingFrequency" in w for w in r2.warnings)
+    # ImagingFrequency is the preferred source, not a fallback: recorded, no warning
+    assert r2.field_strength_source == "ImagingFrequency" and not r2.warnings
 
 
 def test_phase_only_run(tmp_path):

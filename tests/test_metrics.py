@@ -237,6 +237,8 @@ KEYS = {
     "dgm_regions",
     "calcification",
     "regions",
+    "streaking_index",
+    "truth_streaking_index",
     "referencing",
 }
 

@@ -18,10 +18,16 @@ import numpy as np
 import pytest
 
 from qsm_bids.cli.main import main
+from qsm_bids.core.streaking import STREAKING_FLAG
 from qsm_bids.errors import QSMInputError
 from qsm_bids.group import order_regions
 from qsm_bids.report import write_subject_report
-from qsm_bids.report.html import collect_messages, collect_stages, split_bids_name
+from qsm_bids.report.html import (
+    _streaking_text,
+    collect_messages,
+    collect_stages,
+    split_bids_name,
+)
 from qsm_bids.simulate.dataset import simulate_dataset
 
 ANAT = Path("sub-01") / "anat"
@@ -121,7 +127,7 @@ def _add_optional_derivatives(bids: Path, out: Path) -> None:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=4.0, seed=3)
+    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=4.0, seed=3, phantom="ideal")
     out = root / "out"
     args = [
         str(bids),
@@ -338,6 +344,23 @@ def test_failed_and_unknown_subjects(tree, tmp_path):
     assert "sub-02" in errors and "no susceptibility map" in errors
     with pytest.raises(QSMInputError):
         write_subject_report(out, "sub-99", bids_dir=raw)
+
+
+def test_streaking_index_and_field_strength_source_are_reported(tree):
+    """The participant level writes the Chimap's StreakingIndex and FieldStrengthSource;
+    the QSM summary shows the index with its reading, the methods the field's source."""
+    _, out, page = tree
+    side = json.loads((out / ANAT / "sub-01_Chimap.json").read_text())
+    assert side["FieldStrengthSource"] == "ImagingFrequency"  # the simulator writes it
+    value = side["StreakingIndex"]
+    assert 0.05 < value < STREAKING_FLAG  # the fast recipe's map does not streak
+    p = _parse(page)
+    (row,) = [r for r in p.rows if r and r[0] == "streaking index (dipole cone)"]
+    assert row[1].startswith(f"{value:.2f}:") and "above 1.5 suggests streaking" in row[1]
+    assert "look for streaks" not in row[1]
+    assert "T (from <code>ImagingFrequency</code>)" in page.read_text()
+    # above the flag the line says where to look
+    assert "look for streaks" in _streaking_text(STREAKING_FLAG + 0.1)
 
 
 def test_helpers():

@@ -426,7 +426,7 @@ def write_dataset_description(
 
 
 def sidecar_for(
-    run: Run,
+    run: Run | None,
     *,
     units: str | None = None,
     skull_stripped: bool | None = None,
@@ -438,8 +438,9 @@ def sidecar_for(
 
     Parameters
     ----------
-    run : Run
-        The source run.
+    run : Run or None
+        The source run; None for files that are not a BIDS run (``qsm-bids invert``),
+        which then need ``sources``.
     units : str or None, default None
         ``Units`` of the map (``"ppm"``, ``"1/s"``, ``"s"``, ``"Hz"``, ``"rad"``); omitted
         when ``None`` (masks, segmentations).
@@ -461,6 +462,8 @@ def sidecar_for(
         ``{"Units": ..., "SkullStripped": ..., "Sources": ["bids:raw:sub-01/anat/...",
         ...], **provenance}``.
     """
+    if sources is None and run is None:
+        raise ValueError("sidecar_for needs the run or the sources")
     files = list(sources) if sources is not None else list(run.files)
     side: dict[str, Any] = {}
     if units is not None:

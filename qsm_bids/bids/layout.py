@@ -31,6 +31,7 @@ the other runs can go on.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,16 @@ _MAX_PLAUSIBLE_ECHO_TIME_S = 0.25
 _FIELD_RANGE_T = (0.05, 25.0)
 #: Largest difference (s) accepted between the EchoTime of two parts of one echo.
 _ECHO_TIME_ATOL_S = 1e-5
+#: Where the field strength can come from, preferred first.
+FIELD_STRENGTH_SOURCES: tuple[str, ...] = ("ImagingFrequency", "MagneticFieldStrength")
+#: Largest relative difference between ``ImagingFrequency / gamma_bar`` and
+#: ``MagneticFieldStrength`` taken as the same field: nominal values are rounded (a
+#: Siemens "3 T" is 2.89 T, 3.6 % off; "1.5 T" systems run at 1.43-1.5 T, up to 5 %), so
+#: 15 % leaves room for every vendor's rounding while catching a wrong or copied value
+#: (3 against 7 T is 57 %, 1.5 against 3 T 50 %).
+FIELD_STRENGTH_RTOL = 0.15
+#: Start of the run warning (:attr:`Run.warnings`) issued when the two disagree.
+FIELD_STRENGTH_MISMATCH = "field strength: ImagingFrequency and MagneticFieldStrength disagree"
 
 
 @dataclass(frozen=True)
@@ -98,7 +109,9 @@ class Run:
     echo_times : tuple of float
         Echo times in s, strictly increasing.
     field_strength : float
-        Static field strength in T.
+        Static field strength in T: ``ImagingFrequency / 42.57747892`` when the sidecar
+        has ``ImagingFrequency`` (MHz), else the nominal ``MagneticFieldStrength`` (see
+        :func:`field_strength_from_metadata`).
     entities : dict
         Every identifying entity, ``{BIDS key: label}`` in BIDS filename order
         (``{"sub": "01", "ses": "A", "acq": "x", "run": "1"}``); used to name derivatives.
@@ -117,6 +130,10 @@ class Run:
     parts : str, default "mag-phase"
         ``"mag-phase"`` or ``"real-imag"`` (complex data stored as real and imaginary parts,
         converted to magnitude and phase by :func:`qsm_bids.bids.load.load_run`).
+    field_strength_source : str, default ""
+        The sidecar key ``field_strength`` was taken from: ``"ImagingFrequency"`` or
+        ``"MagneticFieldStrength"`` (:data:`FIELD_STRENGTH_SOURCES`); ``""`` for a run
+        built by hand without saying.
     """
 
     subject: str
@@ -135,6 +152,7 @@ class Run:
     magnitude_volumes: tuple[int, ...] = ()
     parts: str = "mag-phase"
     t1w: Path | None = None
+    field_strength_source: str = ""
 
     def __post_init__(self) -> None:
         # lists (e.g. from a JSON round trip) become tuples: the run stays hashable
@@ -152,6 +170,11 @@ class Run:
             object.__setattr__(self, "t1w", Path(self.t1w))
         if self.parts not in ("mag-phase", "real-imag"):
             raise ValueError(f"Run.parts must be 'mag-phase' or 'real-imag', not {self.parts!r}")
+        if self.field_strength_source not in ("", *FIELD_STRENGTH_SOURCES):
+            raise ValueError(
+                f"Run.field_strength_source must be one of {FIELD_STRENGTH_SOURCES} or '', "
+                f"not {self.field_strength_source!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -357,26 +380,74 @@ def _check_increasing(echo_times: list[float] | tuple[float, ...], paths: list[P
             )
 
 
-def _field_strength(meta: Mapping[str, Any], path: Path) -> tuple[float, str | None]:
-    """(field strength in T, optional warning) from MagneticFieldStrength or ImagingFrequency."""
+def _sidecar_number(meta: Mapping[str, Any], key: str, path: Path) -> float | None:
+    """``meta[key]`` as a float, None when absent; a non-number raises naming ``path``."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise QSMInputError(path, f"{key} {value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise QSMInputError(path, f"{key} {value!r} is not a number")
+    return out
+
+
+def field_strength_from_metadata(
+    meta: Mapping[str, Any], path: Path
+) -> tuple[float, str, str | None]:
+    """The static field B0 (T) of a run from its sidecar metadata.
+
+    ``MagneticFieldStrength`` is the scanner's *nominal* field (3 for a Siemens "3 T" that
+    runs at 123.2 MHz, i.e. 2.89 T); every map converted with it is off by the same
+    factor (3.6 % there). The proton frequency the scanner was tuned to,
+    ``ImagingFrequency`` (MHz; written by dcm2niix, not part of the BIDS schema), gives the
+    true field: ``B0 = ImagingFrequency / gamma_bar`` with ``gamma_bar = 42.57747892``
+    MHz/T. The rule:
+
+    1. ``ImagingFrequency`` present: B0 from it. It must give a plausible field
+       (0.05-25 T), else the run is an error. When ``MagneticFieldStrength`` is present
+       too and the two differ by more than :data:`FIELD_STRENGTH_RTOL` (15 %, more than
+       any vendor's rounding), ``ImagingFrequency`` is still used, because it is the
+       measured per-acquisition value while a nominal value is often inherited or copied
+       from another sidecar, but a warning (starting with
+       :data:`FIELD_STRENGTH_MISMATCH`) names the file and both values.
+    2. Else ``MagneticFieldStrength``, if plausible (0.05-25 T), else an error.
+    3. Neither: an error (the field cannot be converted to ppm).
+
+    A value that is present but not a number is an error in every case.
+
+    Parameters
+    ----------
+    meta : mapping
+        The image's merged sidecar metadata (inherited levels included).
+    path : Path
+        The image the metadata belongs to (named in errors and warnings).
+
+    Returns
+    -------
+    b0 : float
+        Field strength (T).
+    source : str
+        ``"ImagingFrequency"`` or ``"MagneticFieldStrength"``.
+    warning : str or None
+        The disagreement warning, or None.
+
+    Raises
+    ------
+    QSMInputError
+        Neither key is present, a value is not a number, or the field it gives is
+        implausible.
+    """
     lo, hi = _FIELD_RANGE_T
-    b0 = meta.get("MagneticFieldStrength")
-    if b0 is not None:
-        try:
-            b0 = float(b0)
-        except (TypeError, ValueError):
-            raise QSMInputError(path, f"MagneticFieldStrength {b0!r} is not a number") from None
-        if not lo <= b0 <= hi:
-            raise QSMInputError(
-                path, f"MagneticFieldStrength {b0:g} is not a plausible field strength in T"
-            )
-        return b0, None
-    freq = meta.get("ImagingFrequency")
+    nominal = _sidecar_number(meta, "MagneticFieldStrength", path)
+    freq = _sidecar_number(meta, "ImagingFrequency", path)
+    if nominal is not None and not lo <= nominal <= hi:
+        raise QSMInputError(
+            path, f"MagneticFieldStrength {nominal:g} is not a plausible field strength in T"
+        )
     if freq is not None:
-        try:
-            freq = float(freq)
-        except (TypeError, ValueError):
-            raise QSMInputError(path, f"ImagingFrequency {freq!r} is not a number") from None
         b0 = freq / GAMMA_BAR_MHZ_PER_T
         if not lo <= b0 <= hi:
             raise QSMInputError(
@@ -384,10 +455,18 @@ def _field_strength(meta: Mapping[str, Any], path: Path) -> tuple[float, str | N
                 f"ImagingFrequency {freq:g} is not a plausible proton frequency in MHz "
                 f"(it gives {b0:g} T)",
             )
-        return b0, (
-            f"MagneticFieldStrength missing: field strength {b0:.4f} T derived from "
-            f"ImagingFrequency {freq:g} MHz"
-        )
+        warning = None
+        if nominal is not None and abs(b0 / nominal - 1.0) > FIELD_STRENGTH_RTOL:
+            warning = (
+                f"{FIELD_STRENGTH_MISMATCH} in the sidecar(s) of {Path(path).name}: "
+                f"ImagingFrequency {freq:g} MHz gives {b0:.4f} T but MagneticFieldStrength "
+                f"is {nominal:g} T ({100 * abs(b0 / nominal - 1):.0f} % apart, more than "
+                f"{100 * FIELD_STRENGTH_RTOL:.0f} %); using ImagingFrequency, check the "
+                "sidecars"
+            )
+        return b0, "ImagingFrequency", warning
+    if nominal is not None:
+        return nominal, "MagneticFieldStrength", None
     raise QSMInputError(
         path,
         "missing both MagneticFieldStrength (T) and ImagingFrequency (MHz) in the JSON "
@@ -652,9 +731,9 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
 
     first = prim.files[0]
     meta0 = metas[0]
-    if "MagneticFieldStrength" not in meta0 and "ImagingFrequency" not in meta0 and sec.files:
+    if ("MagneticFieldStrength" not in meta0 or "ImagingFrequency" not in meta0) and sec.files:
         meta0 = {**_get_metadata(layout, sec.files[0]), **meta0}
-    b0, warn = _field_strength(meta0, first)
+    b0, b0_source, warn = field_strength_from_metadata(meta0, first)
     if warn:
         warnings.append(warn)
 
@@ -680,6 +759,7 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
         magnitude_volumes=tuple(sec.volumes),
         parts=kind,
         t1w=_find_t1w(first, entities),
+        field_strength_source=b0_source,
     )
 
 

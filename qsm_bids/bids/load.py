@@ -66,6 +66,9 @@ class RunData:
         Provenance: how the phase was scaled (or computed from real/imaginary parts),
         NIfTI scaling applied, non-finite values replaced, phase-only, and the run's
         discovery warnings.
+    field_strength_source : str, default ""
+        The sidecar key ``field_strength`` came from (:attr:`Run.field_strength_source
+        <qsm_bids.bids.layout.Run>`): ``"ImagingFrequency"`` or ``"MagneticFieldStrength"``.
     """
 
     phase: np.ndarray
@@ -77,6 +80,7 @@ class RunData:
     echo_times: tuple[float, ...]
     field_strength: float
     notes: list[str] = field(default_factory=list)
+    field_strength_source: str = ""
 
 
 # --------------------------------------------------------------------------------------
@@ -521,4 +525,5 @@ def load_run(run: Run) -> RunData:
         echo_times=tuple(float(t) for t in run.echo_times),
         field_strength=float(run.field_strength),
         notes=notes,
+        field_strength_source=run.field_strength_source,
     )

@@ -30,7 +30,9 @@ DESCRIPTION = """\
 Score a susceptibility map (ppm) against a known truth with the QSM reconstruction
 challenge measures: NRMSE, detrended NRMSE, HFEN, XSIM, correlation, deep grey matter
 slope error, calcification streaking and moment (when the labels have a 'calcification'),
-and the mean estimate, truth and error per labelled region. TRUTH is a truth Chimap NIfTI
+the mean estimate, truth and error per labelled region, and the no-reference streaking
+index along the dipole cone of both maps (~1 isotropic, above 1.5 streaky; B0 direction
+from CHIMAP's JSON sidecar, else from its affine). TRUTH is a truth Chimap NIfTI
 or a truth derivatives folder like the one 'qsm-bids simulate' writes
 (<dir>/sub-<label>/anat/sub-<label>_Chimap.nii.gz, _desc-brain_mask.nii.gz, _dseg.nii.gz,
 <dir>/dseg.tsv). Prints a table and writes JSON (default: next to CHIMAP as
@@ -233,7 +235,7 @@ def evaluate_inputs(inputs: EvaluationInputs, *, erode_voxels: int = 3) -> dict[
     QSMInputError
         A file is missing or unreadable, grids differ, or the mask is empty.
     """
-    from qsm_bids.evaluate import check_same_shape, evaluate_maps, read_volume
+    from qsm_bids.evaluate import b0_direction_of, check_same_shape, evaluate_maps, read_volume
 
     chi, chi_affine, zooms = read_volume(inputs.chimap, "susceptibility map")
     truth, truth_affine, _ = read_volume(inputs.truth_chimap, "truth Chimap")
@@ -260,7 +262,14 @@ def evaluate_inputs(inputs: EvaluationInputs, *, erode_voxels: int = 3) -> dict[
         names = _label_names(inputs, labels)
     try:
         metrics = evaluate_maps(
-            chi, truth, mask, labels, names, erode_voxels=erode_voxels, voxel_size_mm=zooms
+            chi,
+            truth,
+            mask,
+            labels,
+            names,
+            erode_voxels=erode_voxels,
+            voxel_size_mm=zooms,
+            b0_dir=b0_direction_of(inputs.chimap, chi_affine),
         )
     except ValueError as exc:  # empty mask after erosion
         where = inputs.masks[-1] if inputs.masks else inputs.chimap

@@ -14,7 +14,7 @@ import numpy as np
 
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import derivative_path, write_dataset_description
-from qsm_bids.bids.layout import Run, find_runs, validate_output_dir
+from qsm_bids.bids.layout import FIELD_STRENGTH_MISMATCH, Run, find_runs, validate_output_dir
 from qsm_bids.cli.plugins import (
     check_plugin,
     plugin_settings,
@@ -245,6 +245,16 @@ def run_participant_level(
     write_bidsignore(output_dir)
     log_path = attach_log_file(output_dir)
     log.info("qsm_bids %s; log file %s", __version__, log_path)
+    for run in runs:  # console and log file
+        log.info(
+            "%s: field strength %.4f T from %s",
+            run.name,
+            run.field_strength,
+            run.field_strength_source or "the run's metadata",
+        )
+        for text in run.warnings:
+            if text.startswith(FIELD_STRENGTH_MISMATCH):
+                log.warning("%s: %s", run.name, text)
     for name, reason in invalid.items():
         log.debug("skipped %s (bad input): %s", name, reason)
     quiet_nipype(verbose=verbose_nipype)

@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
 
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import derivative_path, sidecar_for, write_nifti_atomic
+from qsm_bids.core.streaking import streaking_index
 from qsm_bids.interfaces.base import read_meta
 from qsm_bids.interfaces.load import run_from_json
 
@@ -42,6 +43,18 @@ OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
 #: outputs that change sign with the phase convention (chi comes already corrected from
 #: :class:`qsm_bids.interfaces.sign.CheckPhaseSign`)
 SIGNED = ("total_field", "local_field")
+
+
+def _streaking(chi: np.ndarray, mask_file: str, meta: dict) -> dict[str, float]:
+    """``{"StreakingIndex": value}`` of the final map inside the mask it is defined on
+    (:func:`qsm_bids.core.streaking.streaking_index`: one real FFT of the padded mask box);
+    empty where the index is undefined (a constant map)."""
+    mask = np.asarray(nb.load(mask_file).dataobj) > 0
+    try:
+        value = streaking_index(chi, mask, meta["voxel_size"], meta["b0_dir"])
+    except ValueError:  # fewer than 2 voxels
+        return {}
+    return {"StreakingIndex": round(value, 4)} if np.isfinite(value) else {}
 
 
 class _WriteInputSpec(BaseInterfaceInputSpec):
@@ -77,9 +90,11 @@ class WriteDerivatives(SimpleInterface):
         meta = read_meta(self.inputs.meta)
         recipe = json.loads(self.inputs.provenance)
         source = nb.load(str(run.phase_files[0]))
+        b0_source = meta.get("field_strength_source")  # absent in an old work directory
         common = {
             "EchoTime": meta["echo_times"],
-            "MagneticFieldStrength": meta["field_strength"],
+            "MagneticFieldStrength": round(float(meta["field_strength"]), 6),  # T, to 1 uT
+            **({"FieldStrengthSource": b0_source} if b0_source else {}),
             "B0Direction": meta["b0_dir"],
             "Pipeline": recipe["Pipeline"],
             "SoftwareVersion": f"qsm_bids {__version__}",
@@ -91,6 +106,8 @@ class WriteDerivatives(SimpleInterface):
             common["ProcessingNotes"] = notes
         if isdefined(self.inputs.sign_check) and self.inputs.sign_check:
             common["PhaseSignCheck"] = json.loads(self.inputs.sign_check)
+            if common["PhaseSignCheck"].get("Warning"):  # shown as a warning in the report
+                common["PhaseSignWarning"] = common["PhaseSignCheck"]["Warning"]
         negate = self.inputs.sign < 0
         written = []
         for key, (suffix, desc, units, is_mask, stages) in OUTPUTS.items():
@@ -112,6 +129,8 @@ class WriteDerivatives(SimpleInterface):
             )
             if is_mask:
                 sidecar["Type"] = "Brain"
+            if key == "chi":
+                sidecar.update(_streaking(data, self.inputs.local_mask, meta))
             write_nifti_atomic(
                 path,
                 (data > 0) if is_mask else data.astype(np.float32),

@@ -87,6 +87,7 @@ class LoadRun(SimpleInterface):
         meta = {
             "echo_times": list(data.echo_times),
             "field_strength": float(data.field_strength),
+            "field_strength_source": data.field_strength_source,
             "voxel_size": [float(v) for v in data.voxel_size],
             "b0_dir": [float(v) for v in data.b0_dir],
             "shape": list(data.phase.shape),

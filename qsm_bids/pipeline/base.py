@@ -89,8 +89,9 @@ def init_qsm_wf(
         A user brain mask replacing the mask stage; a reference region for referencing.
     phase_sign : {"auto", "1", "-1"}, default "auto"
         "-1" negates the phase on reading (scanners with the opposite convention);
-        "auto" keeps it and negates the outputs if the map's paramagnetic tail is negative
-        (:func:`qsm_bids.core.sign.check_phase_sign`). The check is reported in the
+        "auto" keeps it and negates the outputs if the map's strong tail is diamagnetic
+        (:func:`qsm_bids.core.sign.check_phase_sign`); where the evidence is weak the check
+        abstains and the sign is kept, with a warning. The check is reported in the
         sidecars in every mode.
     registration : bool, default True
         Register the magnitude to the MNI152NLin2009aSym template, bring the AAL3 atlas into
@@ -219,7 +220,7 @@ def init_qsm_wf(
             provenance=json.dumps(recipe.provenance()),
         ),
         name="derivatives",
-        mem_gb=4 * vol + 0.2,
+        mem_gb=6 * vol + 0.2,  # the Chimap's streaking index: one FFT of the padded box
         run_without_submitting=True,
         overwrite=True,  # always (re)write: cheap, and restores deleted outputs on rerun
     )

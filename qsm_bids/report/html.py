@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from qsm_bids import __version__
+from qsm_bids.core.streaking import STREAKING_FLAG
 from qsm_bids.errors import QSMInputError
 
 #: Extensions recognised when indexing a run's files (longest first).
@@ -513,6 +514,8 @@ def _methods_text(stages: dict[str, dict[str, Any]], side: Mapping[str, Any]) ->
         text += ". Echo times: " + ", ".join(_param(1000 * float(t)) for t in te) + " ms"
     if side.get("MagneticFieldStrength"):
         text += f"; field strength {_e(_param(side['MagneticFieldStrength']))} T"
+        if side.get("FieldStrengthSource"):
+            text += f" (from <code>{_e(side['FieldStrengthSource'])}</code>)"
     if side.get("B0Direction"):
         text += "; B0 direction (voxel axes) " + _e(_param(side["B0Direction"]))
     return f"<p>{text}.</p>"
@@ -585,6 +588,19 @@ def _percentiles(data: np.ndarray, mask: np.ndarray | None, lo: float, hi: float
         return "n/a"
     a, b = np.percentile(vals, [lo, hi])
     return f"{_fmt(float(a), 3)} .. {_fmt(float(b), 3)}"
+
+
+def _streaking_text(value: float) -> str:
+    """The Chimap's ``StreakingIndex`` with its one-sentence reading
+    (:mod:`qsm_bids.core.streaking`)."""
+    text = (
+        f"{_fmt(float(value), 2)}: k-space power on the dipole cone over the power off it; "
+        f"~1 isotropic, above {STREAKING_FLAG:g} suggests streaking along the dipole cone, "
+        "below 1 a suppressed cone (strong regularisation)"
+    )
+    if value > STREAKING_FLAG:
+        text += "; look for streaks through veins and strong sources"
+    return text
 
 
 def _run_figures(
@@ -698,6 +714,8 @@ def _run_figures(
     if chi is not None:
         use = local if local is not None else mask
         qc.append(("susceptibility, 1st..99th percentile (ppm)", _percentiles(chi[0], use, 1, 99)))
+        if isinstance(sidecar.get("StreakingIndex"), int | float):
+            qc.append(("streaking index (dipole cone)", _streaking_text(sidecar["StreakingIndex"])))
         draw(
             "qsm",
             chi[0],
