@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/robustness.py [--resolution 2] [--recipes default tv fast]
-        [--conditions reference snr30 ...]
+        [--conditions reference snr30 ...] [--phantom realistic|ideal]
 
 The defaults were chosen on the built-in phantom at 3 T and 7 T with 4-5 echoes and SNR 100
 (benchmarks/RESULTS.md). Held-out data will differ in field strength, echo count and
@@ -59,11 +59,18 @@ CONDITIONS: dict[str, tuple[str, dict]] = {
 
 
 def run_condition(
-    name: str, resolution: float, recipes: list[str], tmp: Path, seed: int
+    name: str,
+    resolution: float,
+    recipes: list[str],
+    tmp: Path,
+    seed: int,
+    phantom: str = "realistic",
 ) -> list[str]:
     """Simulate one condition and run every recipe; one markdown row per recipe."""
     description, kwargs = CONDITIONS[name]
-    bids = simulate_dataset(tmp / f"bids-{name}", resolution_mm=resolution, seed=seed, **kwargs)
+    bids = simulate_dataset(
+        tmp / f"bids-{name}", resolution_mm=resolution, seed=seed, phantom=phantom, **kwargs
+    )
     truth = builtin_truth(bids)
     rows = []
     for recipe_name in recipes:
@@ -99,6 +106,12 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["default", "tv", "fast"])
     parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--phantom",
+        choices=["realistic", "ideal"],
+        default="realistic",
+        help="built-in simulator (qsm-bids simulate --phantom; default: realistic)",
+    )
     ns = parser.parse_args()
     print(
         "| condition | acquisition | recipe | NRMSE % | HFEN % | brain kept % | time (s) |\n"
@@ -107,7 +120,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name in ns.conditions:
-            for row in run_condition(name, ns.resolution, ns.recipes, Path(tmp), ns.seed):
+            rows = run_condition(name, ns.resolution, ns.recipes, Path(tmp), ns.seed, ns.phantom)
+            for row in rows:
                 print(row, flush=True)
 
 

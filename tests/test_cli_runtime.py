@@ -26,7 +26,11 @@ QSM_BIDS = [sys.executable, "-m", "qsm_bids.cli"]
 @pytest.fixture(scope="module")
 def bids(tmp_path_factory):
     return simulate_dataset(
-        tmp_path_factory.mktemp("runtime") / "bids", subjects=2, resolution_mm=4.0, seed=11
+        tmp_path_factory.mktemp("runtime") / "bids",
+        subjects=2,
+        resolution_mm=4.0,
+        seed=11,
+        phantom="ideal",
     )
 
 

@@ -25,7 +25,7 @@ E2E_NRMSE_BOUND = 38.0
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=2.0, seed=1)
+    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=2.0, seed=1, phantom="ideal")
     out = root / "out"
     code = main([str(bids), str(out), "participant", "-w", str(root / "work"), "--nprocs", "2"])
     return bids, out, root, code
@@ -195,7 +195,9 @@ def test_regional_statistics_after_registration_match_the_truth(e2e):
 
 
 def test_group_level_joins_three_participants(tmp_path):
-    bids = simulate_dataset(tmp_path / "bids", subjects=3, resolution_mm=4.0, seed=21)
+    bids = simulate_dataset(
+        tmp_path / "bids", subjects=3, resolution_mm=4.0, seed=21, phantom="ideal"
+    )
     out = tmp_path / "out"
     args = [str(bids), str(out)]
     assert main([*args, "participant", "-w", str(tmp_path / "w"), "--pipeline", "fast"]) == 0

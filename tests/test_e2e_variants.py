@@ -36,7 +36,12 @@ def test_oblique_7t_integer_phase_meets_the_axial_bounds(tmp_path):
     """B0 is 15 degrees off the slab normal (only the affine says so) and the phase is
     stored as integers -4096..4095: same accuracy bounds as the axial 3 T case."""
     bids = simulate_dataset(
-        tmp_path / "bids", field_strength_t=7.0, oblique_deg=15.0, phase_format="integer", seed=2
+        tmp_path / "bids",
+        field_strength_t=7.0,
+        oblique_deg=15.0,
+        phase_format="integer",
+        seed=2,
+        phantom="ideal",
     )
     out, ev = _run_and_evaluate(bids, tmp_path)
     assert ev.nrmse_percent < E2E_NRMSE_BOUND  # reached 33.4 (the default)
@@ -49,7 +54,7 @@ def test_oblique_7t_integer_phase_meets_the_axial_bounds(tmp_path):
 
 
 def test_phase_only_data_runs_degraded_and_says_so(tmp_path):
-    bids = simulate_dataset(tmp_path / "bids", seed=3)
+    bids = simulate_dataset(tmp_path / "bids", seed=3, phantom="ideal")
     for mag in (bids / ANAT).glob("*part-mag*"):
         mag.unlink()
     out, ev = _run_and_evaluate(bids, tmp_path)
@@ -83,18 +88,20 @@ def _negate_phase(bids: Path) -> None:
 def test_reversed_phase_sign_is_detected_and_corrected(tmp_path):
     """A scanner with the opposite phase convention: 'auto' (the default) negates the
     outputs and says so; '--phase-sign -1' reads the phase negated and finds it consistent."""
-    bids = simulate_dataset(tmp_path / "bids", resolution_mm=3.0, seed=4)
+    bids = simulate_dataset(tmp_path / "bids", resolution_mm=3.0, seed=4, phantom="ideal")
     _negate_phase(bids)
     out, ev = _run_and_evaluate(bids, tmp_path)
     assert ev.nrmse_percent < 55.0  # a negated map would be about 200 %
     check = json.loads((out / ANAT / "sub-01_Chimap.json").read_text())["PhaseSignCheck"]
-    assert check["Negated"] is True and check["Skewness"] < -0.3
+    assert check["Negated"] is True and check["Decision"] == "reversed"
+    assert check["Evidence"]["TailAsymmetry"] <= -check["Evidence"]["Margin"]
     fixed = tmp_path / "fixed"
     code = main([str(bids), str(fixed), "participant", "-w", str(tmp_path / "w2"),
                  "--no-registration", "--phase-sign", "-1"])  # fmt: skip
     assert code == 0
     check = json.loads((fixed / ANAT / "sub-01_Chimap.json").read_text())["PhaseSignCheck"]
-    assert check["Negated"] is False and check["Skewness"] > 0.3
+    assert check["Negated"] is False and check["Decision"] == "consistent"
+    assert check["Evidence"]["TailAsymmetry"] >= check["Evidence"]["Margin"]
     ev2 = evaluate_against_truth(
         fixed / ANAT / "sub-01_Chimap.nii.gz", bids / "derivatives" / "qsm_bids-truth", "01"
     )
@@ -113,7 +120,7 @@ def test_alternative_stage_choices_end_to_end(tmp_path):
         '[inversion]\nalgorithm = "tv_admm"\ndata_weights = true\n'
         '[reference]\nalgorithm = "csf"\n[r2star]\nalgorithm = "arlo"\n'
     )
-    bids = simulate_dataset(tmp_path / "bids", resolution_mm=3.0, seed=5)
+    bids = simulate_dataset(tmp_path / "bids", resolution_mm=3.0, seed=5, phantom="ideal")
     out = tmp_path / "out"
     args = [
         str(bids),

@@ -62,7 +62,9 @@ def _rigid_error_mm(mat: str, to_subject: np.ndarray, mask: nb.Nifti1Image) -> n
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("t1w")
-    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=2.0, seed=2, t1w=True)
+    bids = simulate_dataset(
+        root / "bids", subjects=1, resolution_mm=2.0, seed=2, t1w=True, phantom="ideal"
+    )
     return root, bids
 
 

@@ -236,7 +236,7 @@ def phantom(tmp_path_factory):
     in a derivatives folder (names in a root desc-phantom_dseg.tsv without the vein), and
     the participant level run on it without registration."""
     root = tmp_path_factory.mktemp("seg")
-    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=3.0, seed=1)
+    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=3.0, seed=1, phantom="ideal")
     truth = bids / "derivatives" / "qsm_bids-truth"
     img = nb.load(truth / ANAT / "sub-01_dseg.nii.gz")
     labels = np.asarray(img.dataobj).astype(np.int16)

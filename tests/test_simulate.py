@@ -38,7 +38,14 @@ def phantom3() -> HeadPhantom:
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sim")
-    kw = dict(subjects=2, resolution_mm=3.0, oblique_deg=15.0, phase_format="integer", seed=3)
+    kw = dict(
+        subjects=2,
+        resolution_mm=3.0,
+        oblique_deg=15.0,
+        phase_format="integer",
+        seed=3,
+        phantom="ideal",
+    )
     a = simulate_dataset(root / "a", **kw)
     b = simulate_dataset(root / "b", **kw)
     return a, b
@@ -292,7 +299,9 @@ def test_pybids_finds_echoes(datasets):
 
 
 def test_radians_dataset_units(tmp_path):
-    root = simulate_dataset(tmp_path / "r", resolution_mm=4.0, snr=float("inf"), seed=1)
+    root = simulate_dataset(
+        tmp_path / "r", resolution_mm=4.0, snr=float("inf"), seed=1, phantom="ideal"
+    )
     img = nib.load(root / "sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz")
     data = np.asarray(img.dataobj)
     assert data.dtype == np.float32 and data.min() >= -np.pi and data.max() < np.pi
@@ -350,7 +359,7 @@ def test_t1w_scan_contrast_grid_and_motion(phantom3):
 def test_dataset_t1w_option(datasets, tmp_path):
     a, _ = datasets
     assert not list(a.rglob("*T1w*"))  # off by default
-    kw = dict(subjects=1, resolution_mm=4.0, seed=5)
+    kw = dict(subjects=1, resolution_mm=4.0, seed=5, phantom="ideal")
     plain = simulate_dataset(tmp_path / "plain", **kw)
     with_t1 = simulate_dataset(tmp_path / "t1", t1w=True, t1w_voxel_size_mm=(2.0, 2.0, 2.0), **kw)
     anat = Path("sub-01") / "anat"

@@ -47,7 +47,7 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm_data")
-    return simulate_dataset(root / "bids", subjects=2, resolution_mm=4.0, seed=7)
+    return simulate_dataset(root / "bids", subjects=2, resolution_mm=4.0, seed=7, phantom="ideal")
 
 
 def _chimap(out: Path, sub: str) -> np.ndarray:

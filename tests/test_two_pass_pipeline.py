@@ -21,7 +21,7 @@ ANAT = Path("sub-01") / "anat"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_pass")
-    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=3.0, seed=4)
+    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=3.0, seed=4, phantom="ideal")
     truth = bids / "derivatives" / "qsm_bids-truth" / ANAT
     img = nb.load(truth / "sub-01_desc-brain_mask.nii.gz")
     brain = np.asarray(img.dataobj) > 0

@@ -1,4 +1,5 @@
-"""Entry point of ``qsm-bids``: dispatches to the participant level, simulate and demo.
+"""Entry point of ``qsm-bids``: dispatches to the participant level, simulate, demo,
+evaluate and invert.
 
 Exit codes: 0 success; 1 some runs failed while processing; 2 bad input or usage (nothing
 written for the offending input; the other participants are still processed when only some
@@ -16,6 +17,7 @@ from qsm_bids.cli.parser import (
     SUBCOMMANDS,
     build_demo_parser,
     build_evaluate_parser,
+    build_invert_parser,
     build_participant_parser,
     build_simulate_parser,
 )
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     from qsm_bids.cli.evaluate import run_evaluate
 
                     return run_evaluate(build_evaluate_parser().parse_args(rest))
+                if command == "invert":
+                    return cmd_invert(build_invert_parser().parse_args(rest))
                 return cmd_demo(build_demo_parser().parse_args(rest))
             except (ValueError, OSError) as exc:  # bad options for the simulator, disk full
                 print(f"qsm-bids {command}: error: {exc}", file=sys.stderr)
@@ -176,12 +180,21 @@ def cmd_simulate(ns) -> int:
         phase_format=ns.phase_format,
         snr=ns.snr,
         seed=ns.seed,
+        phantom=ns.phantom,
         **kwargs,
     )
     log.info(
         "simulated BIDS dataset in %s (truth in %s)", path, path / "derivatives" / "qsm_bids-truth"
     )
     return 0
+
+
+def cmd_invert(ns) -> int:
+    """``qsm-bids invert FIELD MASK OUTPUT --unit ppm|Hz ...``"""
+    from qsm_bids.cli.invert import run_invert
+
+    setup_logging(ns.verbose, quiet=ns.quiet)
+    return run_invert(ns)
 
 
 def cmd_demo(ns) -> int:
@@ -196,8 +209,15 @@ def cmd_demo(ns) -> int:
     out = ns.out_dir.resolve()
     bids_dir = out / "bids"
     if not (bids_dir / "dataset_description.json").is_file():
-        log.info("simulating a %.1f mm head phantom dataset in %s", ns.resolution, bids_dir)
-        simulate_dataset(bids_dir, subjects=1, resolution_mm=ns.resolution, seed=ns.seed)
+        log.info(
+            "simulating a %.1f mm %s head phantom dataset in %s",
+            ns.resolution,
+            ns.phantom,
+            bids_dir,
+        )
+        simulate_dataset(
+            bids_dir, subjects=1, resolution_mm=ns.resolution, seed=ns.seed, phantom=ns.phantom
+        )
     output_dir = out / "derivatives" / "qsm_bids"
     log.info("running the '%s' pipeline", recipe.name)
     result = run_participant_level(

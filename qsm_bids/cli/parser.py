@@ -9,7 +9,7 @@ from qsm_bids import __version__
 from qsm_bids.cli.plugins import PLUGINS
 from qsm_bids.recipe import builtin_recipes
 
-SUBCOMMANDS = ("simulate", "demo", "evaluate")
+SUBCOMMANDS = ("simulate", "demo", "evaluate", "invert")
 
 DESCRIPTION = """\
 qsm_bids: Quantitative Susceptibility Mapping (QSM) from multi-echo gradient-echo MRI in a
@@ -22,6 +22,8 @@ Other commands:
   qsm-bids simulate OUT_DIR [...]   write a simulated BIDS dataset from the built-in head phantom
   qsm-bids demo [OUT_DIR]           simulate, run the pipeline and report accuracy vs. the truth
   qsm-bids evaluate CHIMAP TRUTH    score a map against a known truth (QSM challenge metrics)
+  qsm-bids invert FIELD MASK OUTPUT --unit ppm|Hz
+                                    susceptibility map from a field map made by another tool
 Run 'qsm-bids <command> --help' for their options.
 """
 
@@ -252,10 +254,33 @@ def build_simulate_parser() -> argparse.ArgumentParser:
         help="store phase in radians or as dcm2niix-style integers -4096..4095",
     )
     p.add_argument(
-        "--snr", type=float, default=100.0, help="magnitude SNR of the first echo in brain"
+        "--snr",
+        type=float,
+        default=100.0,
+        help=(
+            "first-echo SNR over the noise SD per channel: white-matter magnitude "
+            "(realistic phantom) or brain-mean proton density (ideal) (default: 100)"
+        ),
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_phantom_argument(p)
     return p
+
+
+def _add_phantom_argument(p: argparse.ArgumentParser) -> None:
+    """``--phantom realistic|ideal`` of ``simulate`` and ``demo``."""
+    p.add_argument(
+        "--phantom",
+        choices=["realistic", "ideal"],
+        default="realistic",
+        help=(
+            "realistic (default): structure on a 2x finer grid (folding, small veins, iron "
+            "gradients, white-matter microstructure), field and signal computed there and "
+            "k-space truncated to the acquired grid; ideal: the old piecewise-smooth phantom "
+            "simulated with the pipeline's own dipole kernel on the acquired grid (the "
+            "'inverse crime': its accuracy flatters weak regularisation)"
+        ),
+    )
 
 
 def build_demo_parser() -> argparse.ArgumentParser:
@@ -283,6 +308,7 @@ def build_demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nprocs", type=int, default=0, metavar="N", help="CPU cores (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the phantom (default: 0)")
+    _add_phantom_argument(p)
     return p
 
 
@@ -293,4 +319,14 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="qsm-bids evaluate", description=EVAL_DESCRIPTION)
     add_evaluate_arguments(p)
+    return p
+
+
+def build_invert_parser() -> argparse.ArgumentParser:
+    """Parser of ``qsm-bids invert``."""
+    from qsm_bids.cli.invert import DESCRIPTION as INVERT_DESCRIPTION
+    from qsm_bids.cli.invert import add_invert_arguments
+
+    p = argparse.ArgumentParser(prog="qsm-bids invert", description=INVERT_DESCRIPTION)
+    add_invert_arguments(p)
     return p

@@ -16,6 +16,22 @@ Layout (BIDS 1.10)::
 
 Every image of a subject shares one voxel grid and affine (which encodes any obliquity).
 
+Two phantoms (``phantom=``):
+
+* ``"realistic"`` (default): the subject built on a grid twice as fine as the acquisition
+  (:mod:`qsm_bids.simulate.realistic`: cortical folding, small veins in every orientation,
+  iron gradients, white-matter texture and microstructure field offset), its field and
+  complex signal computed on the fine grid and brought to the acquisition grid by k-space
+  truncation (:mod:`qsm_bids.simulate.realistic_forward`). The truth maps are block
+  averages of the fine maps over each acquired voxel (the QSM challenge 2.0 choice,
+  Marques et al., MRM 2021); the field truths include the microstructure offset, which the
+  truth chi does not contain.
+* ``"ideal"``: the piecewise-smooth phantom of :mod:`qsm_bids.simulate.phantom` simulated on
+  the acquisition grid with the same dipole kernel the pipeline inverts (the "inverse
+  crime": accuracy on it flatters weak regularisation).
+
+Both write the same files; for one seed they share the subjects' grids, affines and motion.
+
 With ``t1w=True`` each subject also has a T1w scan on its own grid (default 1 mm, axial),
 taken with the head moved slightly (a few degrees and millimetres) against the GRE::
 
@@ -33,13 +49,17 @@ from pathlib import Path
 import numpy as np
 
 from qsm_bids.core.physics import larmor_hz
-from qsm_bids.simulate.forward import simulate_acquisition
+from qsm_bids.simulate.forward import Acquisition, simulate_acquisition
 from qsm_bids.simulate.phantom import (
     HeadPhantom,
     make_head_phantom,
     make_subject,
     make_subject_t1w,
 )
+from qsm_bids.simulate.realistic import RealismOptions
+
+#: Phantoms of :func:`simulate_dataset` (the first is the default).
+PHANTOMS = ("realistic", "ideal")
 
 BIDS_VERSION = "1.10.0"
 TRUTH_NAME = "qsm_bids-truth"
@@ -85,12 +105,18 @@ def simulate_dataset(
     t1w: bool = False,
     t1w_voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
     t1w_orientation: str = "RAS",
+    phantom: str = "realistic",
+    realism: RealismOptions | None = None,
 ) -> Path:
     """Simulate a BIDS dataset of multi-echo GRE head scans with a ground-truth derivative.
 
     Each subject is the built-in head phantom (:func:`make_head_phantom`, after Marques et
-    al., MRM 2021) moved, deformed and re-gridded by :func:`make_subject` and acquired with
-    :func:`simulate_acquisition`. Deterministic for a given ``seed``.
+    al., MRM 2021) moved, deformed and re-gridded by :func:`make_subject`; with
+    ``phantom="realistic"`` it is rebuilt with sub-voxel structure on a finer grid
+    (:func:`~qsm_bids.simulate.realistic.make_fine_subject`) and acquired with
+    :func:`~qsm_bids.simulate.realistic_forward.simulate_realistic_acquisition`, with
+    ``phantom="ideal"`` acquired on its own grid with :func:`simulate_acquisition`.
+    Deterministic for a given ``seed``.
 
     Parameters
     ----------
@@ -110,7 +136,9 @@ def simulate_dataset(
         "radians" (float32, sidecar ``Units`` "rad") or "integer" (int16 in -4096..4095 as
         dcm2niix writes, ``Units`` "arbitrary").
     snr : float, default 100.0
-        Brain-mean m0 over the noise standard deviation per channel (inf: no noise).
+        Signal over the noise standard deviation per channel (inf: no noise): for the
+        realistic phantom the mean first-echo magnitude in white matter, for the ideal one
+        the brain-mean m0.
     seed : int, default 0
         Random seed of the whole dataset.
     t1w : bool, default False
@@ -121,6 +149,12 @@ def simulate_dataset(
         Voxel size of the T1w (mm).
     t1w_orientation : str, default "RAS"
         Voxel axis directions of the T1w (e.g. "RAS" axial, "PIR" sagittal).
+    phantom : str, default "realistic"
+        "realistic" (fine grid, k-space truncation, no inverse crime) or "ideal" (the
+        phantom on the acquisition grid with the pipeline's own kernel); see the module
+        docstring.
+    realism : RealismOptions or None, default None
+        Features of the realistic phantom (None: the defaults); ignored for "ideal".
 
     Returns
     -------
@@ -131,6 +165,8 @@ def simulate_dataset(
         raise ValueError(f"phase_format must be 'radians' or 'integer', not {phase_format!r}")
     if subjects < 1:
         raise ValueError("subjects must be >= 1")
+    if phantom not in PHANTOMS:
+        raise ValueError(f"phantom must be one of {PHANTOMS}, not {phantom!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     truth = out / "derivatives" / TRUTH_NAME
@@ -167,6 +203,7 @@ def simulate_dataset(
         f"SNR {snr}, phase as {phase_format}, seed {seed}.\n"
         f"The ground truth (susceptibility in ppm relative to water/CSF, fields in Hz, masks,\n"
         f"segmentation) is in derivatives/{TRUTH_NAME}.\n"
+        + (_REALISTIC_README if phantom == "realistic" else "")
     )
     _write_json(
         truth / "dataset_description.json",
@@ -193,13 +230,18 @@ def simulate_dataset(
         # (a third child, spawned after the first two, leaves their seeds unchanged)
         t1w_seed = int(child.spawn(1)[0].generate_state(1)[0]) if t1w else 0
         subj = make_subject(base, seed=subj_seed, oblique_deg=oblique_deg)
-        acq = simulate_acquisition(
-            subj,
-            echo_times_s=tuple(echo_times_s),
-            field_strength_t=field_strength_t,
-            snr=snr,
-            rng=np.random.default_rng(acq_seed),
-        )
+        if phantom == "realistic":
+            subj, acq = _realistic_subject(
+                subj, subj_seed, acq_seed, realism, tuple(echo_times_s), field_strength_t, snr
+            )
+        else:
+            acq = simulate_acquisition(
+                subj,
+                echo_times_s=tuple(echo_times_s),
+                field_strength_t=field_strength_t,
+                snr=snr,
+                rng=np.random.default_rng(acq_seed),
+            )
         aff = subj.affine
         anat = out / f"sub-{lab}" / "anat"
         anat.mkdir(parents=True, exist_ok=True)
@@ -268,6 +310,40 @@ def simulate_dataset(
             _write_t1w(out, lab, subj, t1w_seed, field_strength_t,
                        tuple(float(v) for v in t1w_voxel_size_mm), t1w_orientation)  # fmt: skip
     return out
+
+
+_REALISTIC_README = (
+    "Phantom: realistic. Each subject was built on a grid finer than the acquisition\n"
+    "(cortical folding, small veins in every orientation, iron gradients in the deep grey\n"
+    "nuclei, white-matter texture and an orientation-dependent microstructure field offset);\n"
+    "field and complex signal were computed there and brought to the acquisition grid by\n"
+    "k-space truncation. The truth maps are block averages of the fine maps per voxel; the\n"
+    "field truths include the microstructure offset, which the truth chi does not contain.\n"
+)
+
+
+def _realistic_subject(
+    grid: HeadPhantom,
+    subj_seed: int,
+    acq_seed: int,
+    realism: RealismOptions | None,
+    echo_times_s: tuple[float, ...],
+    field_strength_t: float,
+    snr: float,
+) -> tuple[HeadPhantom, Acquisition]:
+    """The realistic subject of a :func:`make_subject` grid: (truth phantom, acquisition)."""
+    from qsm_bids.simulate.realistic import make_fine_subject
+    from qsm_bids.simulate.realistic_forward import simulate_realistic_acquisition
+
+    fine = make_fine_subject(grid, seed=subj_seed, options=realism)
+    acq = simulate_realistic_acquisition(
+        fine,
+        echo_times_s=echo_times_s,
+        field_strength_t=field_strength_t,
+        snr=snr,
+        rng=np.random.default_rng(acq_seed),
+    )
+    return fine.truth(), acq
 
 
 def _write_t1w(
