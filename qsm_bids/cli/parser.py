@@ -256,10 +256,11 @@ def build_simulate_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--snr",
         type=float,
-        default=100.0,
+        default=None,
         help=(
             "first-echo SNR over the noise SD per channel: white-matter magnitude "
-            "(realistic phantom) or brain-mean proton density (ideal) (default: 100)"
+            "(realistic phantom) or brain-mean proton density (ideal) (default: 40 "
+            "realistic, 100 ideal)"
         ),
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

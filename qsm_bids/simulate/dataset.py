@@ -63,6 +63,9 @@ PHANTOMS = ("realistic", "ideal")
 
 BIDS_VERSION = "1.10.0"
 TRUTH_NAME = "qsm_bids-truth"
+
+#: Default SNR of each phantom (see :func:`simulate_dataset`).
+DEFAULT_SNR = {"realistic": 40.0, "ideal": 100.0}
 #: Scale of the magnitude images written to disk (m0 of CSF = 1000).
 MAGNITUDE_SCALE = 1000.0
 
@@ -100,7 +103,7 @@ def simulate_dataset(
     echo_times_s: tuple[float, ...] = (0.004, 0.012, 0.020, 0.028),
     oblique_deg: float = 0.0,
     phase_format: str = "radians",
-    snr: float = 100.0,
+    snr: float | None = None,
     seed: int = 0,
     t1w: bool = False,
     t1w_voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -135,10 +138,11 @@ def simulate_dataset(
     phase_format : str, default "radians"
         "radians" (float32, sidecar ``Units`` "rad") or "integer" (int16 in -4096..4095 as
         dcm2niix writes, ``Units`` "arbitrary").
-    snr : float, default 100.0
+    snr : float or None, default None
         Signal over the noise standard deviation per channel (inf: no noise): for the
         realistic phantom the mean first-echo magnitude in white matter, for the ideal one
-        the brain-mean m0.
+        the brain-mean m0. None: :data:`DEFAULT_SNR` of the phantom (realistic 40, a 1 mm
+        3 T GRE's white matter at the first echo; ideal 100, as before 2026-12).
     seed : int, default 0
         Random seed of the whole dataset.
     t1w : bool, default False
@@ -167,6 +171,8 @@ def simulate_dataset(
         raise ValueError("subjects must be >= 1")
     if phantom not in PHANTOMS:
         raise ValueError(f"phantom must be one of {PHANTOMS}, not {phantom!r}")
+    if snr is None:
+        snr = DEFAULT_SNR[phantom]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     truth = out / "derivatives" / TRUTH_NAME
