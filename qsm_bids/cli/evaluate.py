@@ -31,7 +31,7 @@ Score a susceptibility map (ppm) against a known truth with the QSM reconstructi
 challenge measures: NRMSE, detrended NRMSE, HFEN, XSIM, correlation, deep grey matter
 slope error, calcification streaking and moment (when the labels have a 'calcification'),
 the mean estimate, truth and error per labelled region, and the no-reference streaking
-index along the dipole cone of both maps (~1 isotropic, above 1.5 streaky; B0 direction
+index along the dipole cone of both maps (~1 isotropic, above 1.25 streaky; B0 direction
 from CHIMAP's JSON sidecar, else from its affine). TRUTH is a truth Chimap NIfTI
 or a truth derivatives folder like the one 'qsm-bids simulate' writes
 (<dir>/sub-<label>/anat/sub-<label>_Chimap.nii.gz, _desc-brain_mask.nii.gz, _dseg.nii.gz,
