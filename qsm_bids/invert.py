@@ -29,7 +29,6 @@ stage sets ``data_weights = true``) and the magnitude. The two-pass inversion
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -55,9 +54,10 @@ log = logging.getLogger("qsm_bids")
 def run_stage(choice: StageChoice, *args: Any, **offered: Any) -> Any:
     """Call the algorithm of a recipe stage with ``args`` and the ``offered`` inputs it names.
 
-    The in-process twin of :meth:`qsm_bids.interfaces.base.StageInterface.call_offering`:
-    the recipe's parameters are resolved with the algorithm's defaults
-    (:func:`qsm_bids.registry.resolve`), the pipeline-level ones are dropped
+    The in-process twin of :meth:`qsm_bids.interfaces.base.StageInterface.call_offering`
+    (both call :func:`qsm_bids.registry.call_offering`): the recipe's parameters are
+    resolved with the algorithm's defaults (:func:`qsm_bids.registry.resolve`), the
+    pipeline-level ones are dropped
     (:func:`qsm_bids.registry.function_kwargs`); an offered value is passed only if the
     function's signature names it (a zero-argument callable is evaluated only then), None
     only to a parameter without a default, and ``weights`` only when the stage sets
@@ -78,20 +78,9 @@ def run_stage(choice: StageChoice, *args: Any, **offered: Any) -> Any:
     Any
         What the algorithm returns.
     """
-    func = registry.get_function(choice.stage, choice.algorithm)
-    signature = inspect.signature(func).parameters
     params = registry.resolve(choice.stage, choice.algorithm, dict(choice.params))
-    if not params.get(registry.DATA_WEIGHTS, False):
-        offered.pop("weights", None)
-    kwargs: dict[str, Any] = {}
-    for name, value in offered.items():
-        if name not in signature:
-            continue
-        value = value() if callable(value) else value
-        if value is not None or signature[name].default is inspect.Parameter.empty:
-            kwargs[name] = value
     with one_blas_thread():
-        return func(*args, **kwargs, **registry.function_kwargs(params))
+        return registry.call_offering(choice.stage, choice.algorithm, params, *args, **offered)
 
 
 def _weights(noise: np.ndarray | None, mask: np.ndarray) -> Callable[[], np.ndarray | None]:

@@ -224,3 +224,48 @@ def resolve(stage: str, algorithm: str, given: dict[str, Any]) -> dict[str, Any]
             f"got {out[FEEDBACK_RELAXATION]}"
         )
     return out
+
+
+def call_offering(
+    stage: str, algorithm: str, params: dict[str, Any], *args: Any, **offered: Any
+) -> Any:
+    """Call ``algorithm`` of ``stage`` with ``args``, ``params`` and the offered inputs it names.
+
+    Every algorithm of a stage is offered the same inputs (magnitude, phase, echo times,
+    data weights, R2*, ...); only those its signature names are passed, so a new algorithm
+    needs no change in its callers. An offered value may be a zero-argument callable,
+    evaluated only if the algorithm takes it (a volume is read from disk only when needed).
+    A None value is passed only for a parameter without a default. ``weights`` are offered
+    only when ``params`` set ``data_weights = true``. The pipeline-level parameters are not
+    passed (:func:`function_kwargs`). Used by the nipype interfaces
+    (:meth:`qsm_bids.interfaces.base.StageInterface.call_offering`) and in process by
+    :func:`qsm_bids.invert.run_stage`.
+
+    Parameters
+    ----------
+    stage, algorithm : str
+        Registry names.
+    params : dict
+        Resolved parameters (:func:`resolve`).
+    *args
+        The stage's positional inputs.
+    **offered
+        Optional inputs offered to every algorithm of the stage.
+
+    Returns
+    -------
+    Any
+        What the algorithm returns.
+    """
+    func = get_function(stage, algorithm)
+    signature = inspect.signature(func).parameters
+    if not params.get(DATA_WEIGHTS, False):
+        offered.pop("weights", None)
+    kwargs: dict[str, Any] = {}
+    for name, value in offered.items():
+        if name not in signature:
+            continue
+        value = value() if callable(value) else value
+        if value is not None or signature[name].default is inspect.Parameter.empty:
+            kwargs[name] = value
+    return func(*args, **kwargs, **function_kwargs(params))

@@ -45,7 +45,11 @@ algorithm = "weighted_fit"
 [background]
 algorithm = "lbv"
 [inversion]
+# a fixed weight: these tests are about the data weights and the background stage; the
+# automatic weight (lambda_ = 0) is tested on the default recipe and in
+# test_core_regularisation.py
 algorithm = "tv_admm"
+lambda_ = 5e-5
 data_weights = true
 [reference]
 algorithm = "mean"

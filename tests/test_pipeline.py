@@ -42,7 +42,7 @@ def test_stage_builders_have_input_and_output_nodes(recipe):
 def test_stage_node_carries_the_recipe_choice(recipe):
     wf = init_inversion_wf(recipe["inversion"], recipe["reference"])
     node = wf.get_node("invert")
-    assert node.inputs.algorithm == recipe["inversion"].algorithm == "medi"
+    assert node.inputs.algorithm == recipe["inversion"].algorithm == "nltv"
     assert node.inputs.params == recipe["inversion"].params
 
 

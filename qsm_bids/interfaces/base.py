@@ -8,7 +8,6 @@ between nodes as a small JSON file.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -94,25 +93,11 @@ class StageInterface(SimpleInterface):
             return func(*args, **kwargs, **registry.function_kwargs(params))
 
     def call_offering(self, *args: Any, **offered: Any) -> Any:
-        """Call the chosen algorithm with ``args`` and the ``offered`` inputs it names.
-
-        Every algorithm of a stage is offered the same inputs (magnitude, phase, echo
-        times, data weights, R2*, ...); only those its signature names are passed, so a new
-        algorithm needs no change here. An offered value may be a zero-argument callable,
-        evaluated only if the algorithm takes it (a volume is read from disk only when
-        needed). A None value is passed only for a parameter without a default.
-        ``weights`` are offered only when the recipe sets ``data_weights = true``.
-        """
-        func = registry.get_function(self.stage, self.inputs.algorithm)
-        signature = inspect.signature(func).parameters
+        """Call the chosen algorithm with ``args`` and the ``offered`` inputs it names
+        (:func:`qsm_bids.registry.call_offering`), threads as :meth:`call`."""
+        os.environ["QSM_BIDS_NUM_THREADS"] = str(max(1, self.inputs.num_threads))
         params = self.resolved_params()
-        if not params.get(registry.DATA_WEIGHTS, False):
-            offered.pop("weights", None)
-        kwargs = {}
-        for name, value in offered.items():
-            if name not in signature:
-                continue
-            value = value() if callable(value) else value
-            if value is not None or signature[name].default is inspect.Parameter.empty:
-                kwargs[name] = value
-        return self.call(*args, **kwargs)
+        with one_blas_thread():
+            return registry.call_offering(
+                self.stage, self.inputs.algorithm, params, *args, **offered
+            )
