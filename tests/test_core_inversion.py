@@ -146,10 +146,14 @@ def test_tv_admm_weights_discount_corrupted_field(phantom) -> None:
     f[bad] += np.float32(0.2)  # a large error (ppm) in four slices
     weights = np.where(bad, 0.0, 1.0).astype(np.float32)
     m = _eval_mask(brain) & ~bad
-    e_plain = _nrmse(tv_admm(f, brain, VOX, (0.0, 0.0, 1.0)), chi, m)
-    e_weighted = _nrmse(tv_admm(f, brain, VOX, (0.0, 0.0, 1.0), weights=weights), chi, m)
+    # a fixed TV weight (the former default): the automatic one is measured on the field
+    # without the weights, so the slab's error raises it for both runs (46.5 % unweighted,
+    # 28.5 % weighted, 2026-12-04); this test is about the weights
+    kw = dict(lambda_=5e-5)
+    e_plain = _nrmse(tv_admm(f, brain, VOX, (0.0, 0.0, 1.0), **kw), chi, m)
+    e_weighted = _nrmse(tv_admm(f, brain, VOX, (0.0, 0.0, 1.0), weights=weights, **kw), chi, m)
     print(f"corrupted slab: NRMSE {e_plain:.1f} % unweighted, {e_weighted:.1f} % weighted")
-    assert e_weighted < 0.1 * e_plain  # measured 2.4 vs 329
+    assert e_weighted < 0.1 * e_plain  # measured 2.5 vs 334 (2.4 vs 329 before 2026-12)
 
 
 def test_tikhonov_identity_and_bad_arguments(phantom) -> None:

@@ -1,5 +1,6 @@
-"""End to end: simulate a 2 mm head-phantom dataset, run the participant level through the
-command line, and bound the susceptibility map's error against the phantom's truth."""
+"""End to end: simulate a 2 mm head-phantom dataset (the realistic phantom, no inverse
+crime), run the participant level through the command line, and bound the susceptibility
+map's error against the phantom's truth."""
 
 from __future__ import annotations
 
@@ -17,15 +18,22 @@ from qsm_bids.simulate.dataset import simulate_dataset
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 ANAT = Path("sub-01") / "anat"
-#: NRMSE bound (%) of the default pipeline at 2 mm, axial 3 T and oblique 7 T alike: what
-#: the default reaches (28.7 and 33.4 %) with a margin for numerical differences
-E2E_NRMSE_BOUND = 38.0
+#: NRMSE bound (%) of the default pipeline on the realistic phantom at 2 mm, axial 3 T
+#: (seed 1, SNR 40). Measured 2026-12-04: 48.3 % (nltv, weak harmonics, automatic weight);
+#: the same data with the old default (workflows/medi.toml) 53.7 %, with tv 56.8 %. The
+#: bound sits between the default and MEDI (1.15 x measured, 55.5, would let MEDI pass).
+E2E_NRMSE_BOUND = 51.0
+#: bound (ppm) on the deep-grey region errors there: measured at most 0.0261 (substantia
+#: nigra, underestimated; all six are), 2026-12-04
+E2E_REGION_BOUND_PPM = 0.030
 
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=2.0, seed=1, phantom="ideal")
+    bids = simulate_dataset(
+        root / "bids", subjects=1, resolution_mm=2.0, seed=1, phantom="realistic"
+    )
     out = root / "out"
     code = main([str(bids), str(out), "participant", "-w", str(root / "work"), "--nprocs", "2"])
     return bids, out, root, code
@@ -59,9 +67,10 @@ def test_outputs_are_on_the_input_grid_with_provenance(e2e):
     assert side["Units"] == "ppm"
     assert side["SkullStripped"] is True
     assert any(s.startswith("bids:raw:sub-01/anat/") for s in side["Sources"])
-    stages = json.dumps(side)
-    for algo in ("medi", "pdf", "region_growing", "weighted_fit"):
-        assert algo in stages
+    stages = {name: stage["Algorithm"] for name, stage in side["Stages"].items()}
+    assert stages["inversion"] == "nltv"  # the default since 2026-12
+    for algo in ("pdf", "region_growing", "weighted_fit"):
+        assert algo in stages.values()
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Name"] == "qsm_bids"
@@ -79,11 +88,11 @@ def test_susceptibility_accuracy_against_truth(e2e):
         mask=out / ANAT / "sub-01_desc-local_mask.nii.gz",
     )
     print(f"e2e NRMSE {ev.nrmse_percent:.1f} %\n{ev.table()}")
-    # reached 28.7 (PDF + MEDI + two relaxed feedback passes)
+    # reached 48.3 (realistic phantom; PDF + nltv + two relaxed feedback passes)
     assert ev.nrmse_percent < E2E_NRMSE_BOUND
     errors = ev.region_errors()
     for region in DEEP_GREY:
-        assert abs(errors[region]) < 0.02, f"{region}: {errors[region]:+.4f} ppm"
+        assert abs(errors[region]) < E2E_REGION_BOUND_PPM, f"{region}: {errors[region]:+.4f} ppm"
 
 
 def test_rerun_into_same_output_reuses_and_keeps_outputs_identical(e2e):
@@ -162,14 +171,17 @@ def test_written_field_maps_match_the_true_fields_in_hz(e2e):
     local = nrmse(load(out / ANAT / "sub-01_desc-local_fieldmap.nii.gz"),
                   load(truth / "sub-01_desc-local_fieldmap.nii.gz"), m)  # fmt: skip
     print(f"total field NRMSE {total:.2f} %, local field NRMSE {local:.1f} %")
-    assert total < 3.0
-    # reached 23.6 (the local field consistent with the final map, after two feedback passes)
-    assert local < 30.0
+    # measured 2026-12-04 on the realistic phantom: total 1.37 %, local 35.1 % (the local
+    # field consistent with the final map, after two feedback passes)
+    assert total < 1.6
+    assert local < 40.0
 
 
 def test_regional_statistics_after_registration_match_the_truth(e2e):
     """The AAL3 atlas, registered into the (rotated, deformed) subject, gives deep-grey
-    means within 0.02 ppm of the true regional means (both referenced to the local mask)."""
+    means within 0.03 ppm of the true regional means (both referenced to the local mask;
+    measured 2026-12-04 on the realistic phantom: at most 0.0259 ppm, pallidum, all four
+    underestimated)."""
     from qsm_bids.interfaces.registration import read_regionstats_tsv
     from qsm_bids.registration.atlas import AAL3_DEEP_GREY
 
@@ -188,13 +200,14 @@ def test_regional_statistics_after_registration_match_the_truth(e2e):
         n = sum(p["voxels"] for p in parts)
         est = sum(p["mean_ppm"] * p["voxels"] for p in parts) / n
         true = float(chi_true[(labels == true_label) & local].mean())
-        assert abs(est - true) < 0.02, f"{region}: {est:+.4f} vs {true:+.4f} ppm"
+        assert abs(est - true) < 0.03, f"{region}: {est:+.4f} vs {true:+.4f} ppm"
     for name in ("space-MNI152NLin2009aSym_Chimap.nii.gz", "space-orig_dseg.nii.gz"):
         assert (out / ANAT / f"sub-01_{name}").is_file()
     assert (out / "sub-01.html").is_file()
 
 
 def test_group_level_joins_three_participants(tmp_path):
+    # the ideal phantom: the test is about joining the participants' tables, not accuracy
     bids = simulate_dataset(
         tmp_path / "bids", subjects=3, resolution_mm=4.0, seed=21, phantom="ideal"
     )

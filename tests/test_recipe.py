@@ -21,7 +21,7 @@ def test_every_registered_algorithm_imports_and_has_typed_parameters():
                 assert p.kind in (bool, int, float, str, tuple)
 
 
-@pytest.mark.parametrize("name", ["default", "fast", "tfi", "tv"])
+@pytest.mark.parametrize("name", ["default", "fast", "medi", "tfi", "tv", "two_pass"])
 def test_builtin_recipes_load(name):
     assert name in builtin_recipes()
     recipe = load_recipe(name)
@@ -31,7 +31,7 @@ def test_builtin_recipes_load(name):
     assert prov["inversion"]["Algorithm"] == recipe["inversion"].algorithm
 
 
-@pytest.mark.parametrize("name", ["default", "fast", "tfi", "tv"])
+@pytest.mark.parametrize("name", ["default", "fast", "medi", "tfi", "tv", "two_pass"])
 def test_builtin_recipes_list_every_parameter(name):
     """So that a user who copies one sees every knob (scripts/update_recipes.py)."""
     import tomllib
@@ -44,7 +44,16 @@ def test_builtin_recipes_list_every_parameter(name):
 
 
 def test_default_pipeline_uses_an_iterative_inversion():
-    assert load_recipe("default")["inversion"].algorithm == "medi"
+    """Since 2026-12: nonlinear TV with the weak-harmonic term and its TV weight from the
+    data (lambda_ = 0: lambda_per_sigma times the field's cone inconsistency)."""
+    inversion = load_recipe("default")["inversion"]
+    assert inversion.algorithm == "nltv"
+    assert inversion.params["weak_harmonic"] is True
+    assert inversion.params["lambda_"] == 0.0  # automatic weight
+    assert inversion.params["lambda_per_sigma"] > 0
+    assert inversion.params["max_iter"] > 1
+    # the former default stays available as its own recipe
+    assert load_recipe("medi")["inversion"].algorithm == "medi"
 
 
 def _minimal(**override):

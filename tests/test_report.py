@@ -356,7 +356,8 @@ def test_streaking_index_and_field_strength_source_are_reported(tree):
     assert 0.05 < value < STREAKING_FLAG  # the fast recipe's map does not streak
     p = _parse(page)
     (row,) = [r for r in p.rows if r and r[0] == "streaking index (dipole cone)"]
-    assert row[1].startswith(f"{value:.2f}:") and "above 1.5 suggests streaking" in row[1]
+    assert row[1].startswith(f"{value:.2f}:")
+    assert f"above {STREAKING_FLAG:g} suggests streaking" in row[1]
     assert "look for streaks" not in row[1]
     assert "T (from <code>ImagingFrequency</code>)" in page.read_text()
     # above the flag the line says where to look

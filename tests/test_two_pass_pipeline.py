@@ -21,6 +21,8 @@ ANAT = Path("sub-01") / "anat"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_pass")
+    # the ideal phantom: the test compares the two-pass option with one pass on the same
+    # data and mask, in and around a hole; it does not bound the default's accuracy
     bids = simulate_dataset(root / "bids", subjects=1, resolution_mm=3.0, seed=4, phantom="ideal")
     truth = bids / "derivatives" / "qsm_bids-truth" / ANAT
     img = nb.load(truth / "sub-01_desc-brain_mask.nii.gz")
@@ -70,10 +72,12 @@ def test_two_pass_fills_the_hole_and_keeps_the_rest(runs) -> None:
     err_hole = float(np.sqrt(np.mean((b[filled] - t[filled]) ** 2)))
     corr = float(np.corrcoef(b[filled], t[filled])[0, 1])
     print(f"hole: RMSE {err_hole:.4f} ppm, correlation {corr:.2f}")
-    assert err_hole < 0.02 and corr > 0.7  # measured 0.0063 ppm, 0.92
+    # measured 0.0078 ppm, 0.77 with the nltv default (2026-12-04; MEDI 0.0063, 0.92)
+    assert err_hole < 0.02 and corr > 0.7
     # elsewhere: as good as one pass
     rmse_one = float(np.sqrt(np.mean((a[m_one] - t[m_one]) ** 2)))
     rmse_two = float(np.sqrt(np.mean((b[m_one] - t[m_one]) ** 2)))
-    assert rmse_two < 1.05 * rmse_one  # measured 0.0619 both
+    print(f"elsewhere: RMSE {rmse_one:.4f} ppm (one pass), {rmse_two:.4f} ppm (two)")
+    assert rmse_two < 1.05 * rmse_one  # measured 0.0594 both (nltv; MEDI 0.0619)
     side = json.loads((outs["two"] / ANAT / "sub-01_Chimap.json").read_text())
     assert side["Stages"]["inversion"]["Parameters"]["two_pass"] is True
