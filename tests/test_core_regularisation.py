@@ -79,3 +79,19 @@ def test_automatic_lambda_scales_with_the_error_and_refuses_a_null_field():
         automatic_lambda(np.zeros(SHAPE, np.float32), m, VOX, (0, 0, 1), 0.1)
     with pytest.raises(ValueError):
         automatic_lambda(noise, m, VOX, (0, 0, 1), 0.0)
+
+
+def test_data_weights_discount_a_corrupted_slab():
+    """With the inversion's data weights the level is that of the weighted field: a slab
+    of garbage that the weights zero does not raise it (unweighted, it dominates)."""
+    m = _ball()
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 0.002, SHAPE).astype(np.float32)
+    clean = cone_inconsistency(noise, m, VOX, (0, 0, 1))
+    bad = noise.copy()
+    bad[:, :, 20:24] += rng.normal(0, 0.2, (48, 48, 4)).astype(np.float32)
+    w = np.ones(SHAPE, np.float32)
+    w[:, :, 20:24] = 0
+    assert cone_inconsistency(bad, m, VOX, (0, 0, 1)) > 10 * clean
+    weighted = cone_inconsistency(bad, m, VOX, (0, 0, 1), weights=w)
+    assert weighted == pytest.approx(clean, rel=0.25)

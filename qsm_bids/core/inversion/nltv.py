@@ -169,7 +169,9 @@ def nltv(
     s = _phase_scale(f, w2, phase_scale)
     if float(lambda_) == 0:
         # the weight from the data: proportional to the field's error level (ppm)
-        lam_ppm, sigma = automatic_lambda(local_field, mask, voxel_size, b0_dir, lambda_per_sigma)
+        lam_ppm, sigma = automatic_lambda(
+            local_field, mask, voxel_size, b0_dir, lambda_per_sigma, weights=weights
+        )
         lambda_ = lam_ppm * s
         log.info(
             "nltv: TV weight from the data %.3g ppm (cone inconsistency %.3g ppm)", lam_ppm, sigma

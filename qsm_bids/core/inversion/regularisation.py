@@ -56,6 +56,7 @@ def cone_inconsistency(
     k_band: tuple[float, float] = (0.3, 0.9),
     padding: float = 1.5,
     taper_mm: float = 5.0,
+    weights: np.ndarray | None = None,
 ) -> float:
     """RMS field amplitude on the dipole kernel's zero cone (the field's own unit).
 
@@ -83,6 +84,11 @@ def cone_inconsistency(
         (mm): a hard edge would spread the large off-cone power of a consistent field onto
         the cone (by a third of the field's RMS on a 40 mm ball of rough susceptibility; a
         tenth with the window).
+    weights : (X, Y, Z) array or None, default None
+        Data weights of the inversion's data term (e.g. inverse field noise SD); with them
+        the inconsistency is that of the weighted field ``W f`` (``|W|`` normalised to mean
+        1 in the mask, as the inversions do), the error level the weighted data term sees:
+        voxels the weights discount (a corrupted slab) then do not raise it.
 
     Returns
     -------
@@ -103,6 +109,13 @@ def cone_inconsistency(
     dist = ndimage.distance_transform_edt(mb, sampling=voxel_size)
     w = (np.sin(0.5 * np.pi * np.minimum(dist / max(taper_mm, 1e-6), 1.0)) ** 2).astype(np.float32)
     fb = f[box]
+    if weights is not None:
+        wd = np.abs(np.asarray(weights, dtype=np.float32))
+        if wd.shape != m.shape:
+            raise ValueError(f"weights {wd.shape} must have the shape of mask {m.shape}")
+        wd = np.where(m, wd, np.float32(0))
+        scale = float(wd[m].mean())
+        w = w * (wd[box] / np.float32(scale if scale > 0 else 1.0))
     mean = float(np.sum(w * fb, dtype=np.float64) / np.sum(w, dtype=np.float64))
     shape = tuple(int(np.ceil(s * max(padding, 1.0))) for s in f.shape)
     x = np.zeros(shape, np.float32)
@@ -124,12 +137,13 @@ def automatic_lambda(
     voxel_size: Sequence[float],
     b0_dir: Sequence[float],
     lambda_per_sigma: float,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """TV weight ``lambda_per_sigma * sigma`` from the field's cone inconsistency ``sigma``.
 
     Parameters
     ----------
-    field, mask, voxel_size, b0_dir
+    field, mask, voxel_size, b0_dir, weights
         As :func:`cone_inconsistency`.
     lambda_per_sigma : float
         Weight per unit of inconsistency (dimensionless; the inversion's own constant).
@@ -143,7 +157,7 @@ def automatic_lambda(
     """
     if lambda_per_sigma <= 0:
         raise ValueError(f"lambda_per_sigma must be > 0, got {lambda_per_sigma}")
-    sigma = cone_inconsistency(field, mask, voxel_size, b0_dir)
+    sigma = cone_inconsistency(field, mask, voxel_size, b0_dir, weights=weights)
     if not np.isfinite(sigma) or sigma <= 0:
         raise ValueError("the field has no content on the dipole cone: set lambda_ explicitly")
     return float(lambda_per_sigma * sigma), sigma

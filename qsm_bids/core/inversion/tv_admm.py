@@ -136,7 +136,9 @@ def tv_admm(
     if float(lambda_) < 0 or float(rho) <= 0:
         raise ValueError("lambda_ must be >= 0 (0: automatic) and rho > 0")
     if float(lambda_) == 0:
-        lambda_, sigma = automatic_lambda(local_field, mask, voxel_size, b0_dir, lambda_per_sigma)
+        lambda_, sigma = automatic_lambda(
+            local_field, mask, voxel_size, b0_dir, lambda_per_sigma, weights=weights
+        )
         log.info(
             "tv_admm: TV weight from the data %.3g ppm (cone inconsistency %.3g ppm)",
             lambda_,
