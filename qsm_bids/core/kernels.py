@@ -230,6 +230,40 @@ def dipole_kernel(
     return d.astype(np.float32, copy=False)
 
 
+def cone_spectrum(
+    x: np.ndarray, voxel_size: Sequence[float], b0_dir: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Power spectrum of a real volume with the dipole kernel and ``|k|`` on its grid.
+
+    The common first step of the cone measures (the field's inconsistency,
+    :func:`qsm_bids.core.inversion.regularisation.cone_inconsistency`, and a map's
+    streaking, :func:`qsm_bids.core.streaking.streaking_index`): one real FFT of ``x``
+    (already demeaned, windowed and zero-padded by the caller), its power ``|X(k)|^2``,
+    the unit dipole kernel ``D(k)`` and the radius ``|k|`` (cycles/mm), all in the
+    half-spectrum layout of :func:`rfftn`.
+
+    Parameters
+    ----------
+    x : (X, Y, Z) float array
+        The volume on its FFT grid.
+    voxel_size : 3 floats
+        Voxel size in mm.
+    b0_dir : 3 floats
+        B0 direction in voxel-index space.
+
+    Returns
+    -------
+    (power, dipole, radius) : float32 arrays
+        ``power`` and ``dipole`` of the half-spectrum's shape; ``radius`` broadcastable to it.
+    """
+    spectrum = rfftn(np.asarray(x, dtype=np.float32))
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
+    del spectrum
+    dipole = dipole_kernel(x.shape, voxel_size, b0_dir, real=True)
+    k0, k1, k2 = kspace_grid(x.shape, voxel_size, real=True)
+    return power, dipole, np.sqrt(k0**2 + k1**2 + k2**2)
+
+
 def sphere_kernel(
     shape: Sequence[int], voxel_size: Sequence[float], radius_mm: float
 ) -> np.ndarray:

@@ -38,14 +38,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qsm_bids.core.kernels import (
-    bounding_box,
-    dipole_kernel,
-    fast_shape,
-    kspace_grid,
-    pad_to,
-    rfftn,
-)
+from qsm_bids.core.kernels import bounding_box, cone_spectrum, fast_shape, pad_to
 
 __all__ = ["STREAKING_FLAG", "streaking_index"]
 
@@ -151,13 +144,9 @@ def streaking_index(
     local = np.where(inside, values - np.float32(mean), np.float32(0))
     shape = fast_shape([math.ceil(n * pad_factor) for n in local.shape], complex_radices=False)
     padded, _ = pad_to(local, shape)
-    spectrum = rfftn(padded)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32, copy=False)
-    del spectrum, padded
-
-    cone = np.abs(dipole_kernel(shape, vox, b, real=True)) < np.float32(cone_halfwidth)
-    k0, k1, k2 = kspace_grid(shape, vox, real=True)
-    radius = np.sqrt(k0**2 + k1**2 + k2**2)
+    power, dipole, radius = cone_spectrum(padded, vox, b)
+    del padded
+    cone = np.abs(dipole) < np.float32(cone_halfwidth)
     k_nyquist = 0.5 / max(vox)
     edges = np.linspace(lo * k_nyquist, hi * k_nyquist, n_shells + 1)
     shell = np.searchsorted(edges, radius, side="right").astype(np.int16) - 1

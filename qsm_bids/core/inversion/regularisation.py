@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from qsm_bids.core.kernels import bounding_box, dipole_kernel, kspace_grid, rfftn
+from qsm_bids.core.kernels import bounding_box, cone_spectrum
 
 __all__ = ["automatic_lambda", "cone_inconsistency"]
 
@@ -121,10 +121,8 @@ def cone_inconsistency(
     x = np.zeros(shape, np.float32)
     x[tuple(slice(0, s) for s in mb.shape)] = w * (fb - np.float32(mean))
     n = float(np.sum(w.astype(np.float64) ** 2))
-    power = np.abs(rfftn(x)) ** 2
-    d = dipole_kernel(shape, voxel_size, b0_dir, real=True)
-    k0, k1, k2 = kspace_grid(shape, voxel_size, real=True)
-    radius = np.sqrt(k0**2 + k1**2 + k2**2) * np.float32(2.0 * max(voxel_size))
+    power, d, radius = cone_spectrum(x, voxel_size, b0_dir)
+    radius = radius * np.float32(2.0 * max(voxel_size))
     sel = (radius >= k_band[0]) & (radius < k_band[1]) & (np.abs(d) < cone_halfwidth)
     if not sel.any():
         raise ValueError("the cone band holds no k-space sample: grid too small")
