@@ -375,21 +375,17 @@ def b0_direction_of(path: Path, affine: np.ndarray) -> tuple[float, float, float
     through the affine (:func:`qsm_bids.core.kernels.b0_direction`)."""
     import json
 
+    from qsm_bids.bids.derivatives import sidecar_path
     from qsm_bids.core.kernels import b0_direction
 
-    path = Path(path)
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            side = path.with_name(name[: -len(ext)] + ".json")
-            try:
-                value = json.loads(side.read_text()).get("B0Direction")
-                b = np.asarray(value, dtype=np.float64)
-                if b.shape == (3,) and np.linalg.norm(b) > 0:
-                    return tuple(float(v) for v in b / np.linalg.norm(b))  # type: ignore[return-value]
-            except (OSError, ValueError, TypeError, AttributeError):
-                pass  # no (usable) sidecar
-            break
+    side = sidecar_path(Path(path))
+    try:
+        value = json.loads(side.read_text()).get("B0Direction")
+        b = np.asarray(value, dtype=np.float64)
+        if b.shape == (3,) and np.linalg.norm(b) > 0:
+            return tuple(float(v) for v in b / np.linalg.norm(b))  # type: ignore[return-value]
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # no (usable) sidecar
     return tuple(float(v) for v in b0_direction(affine))  # type: ignore[return-value]
 
 

@@ -177,20 +177,28 @@ def _combine_scaling_notes(scaled: list[str]) -> list[str]:
     return [scaled[0] + more]
 
 
-def _check_grid(path: Path, shape: tuple, affine: np.ndarray, ref: tuple) -> None:
+def check_grid(
+    path: Path,
+    shape: tuple,
+    affine: np.ndarray,
+    ref: tuple,
+    *,
+    what: str = "image",
+    why: str = "every echo and part of a run must share one grid",
+) -> None:
+    """Raise :class:`QSMInputError` naming ``path`` unless its grid (``shape``, ``affine``
+    within :data:`AFFINE_ATOL` mm) equals ``ref = (ref_path, ref_shape, ref_affine)``;
+    ``what`` names the image and ``why`` ends the message."""
     ref_path, ref_shape, ref_aff = ref
     if shape != ref_shape:
         raise QSMInputError(
-            path,
-            f"image shape {shape} differs from {ref_shape} of {ref_path}; every echo and "
-            "part of a run must share one grid",
+            path, f"{what} shape {shape} differs from {ref_shape} of {ref_path}; {why}"
         )
     if not np.allclose(affine, ref_aff, rtol=0.0, atol=AFFINE_ATOL):
         diff = float(np.max(np.abs(affine - ref_aff)))
         raise QSMInputError(
             path,
-            f"affine differs from that of {ref_path} (max difference {diff:.3g} mm); every "
-            "echo and part of a run must share one grid",
+            f"{what} affine differs from that of {ref_path} (max difference {diff:.3g} mm); {why}",
         )
 
 
@@ -264,7 +272,7 @@ def _open_on_grid(
     if ref is None:
         ref = (path, shape, aff)
     else:
-        _check_grid(path, shape, aff, ref)
+        check_grid(path, shape, aff, ref)
     return img, shape, n_vol, ref
 
 

@@ -202,22 +202,18 @@ def _read(path: Path, what: str) -> tuple[np.ndarray, np.ndarray, Any]:
 
 
 def _same_grid(path: Path, what: str, data: np.ndarray, affine: np.ndarray, ref) -> None:
-    from qsm_bids.bids.load import AFFINE_ATOL
+    """:func:`qsm_bids.bids.load.check_grid` against FIELD's grid."""
+    from qsm_bids.bids.load import check_grid
 
     ref_path, ref_data, ref_affine = ref
-    if data.shape != ref_data.shape:
-        raise QSMInputError(
-            path,
-            f"{what} has shape {data.shape}, FIELD {ref_path} has {ref_data.shape}; "
-            "every image must be on FIELD's grid",
-        )
-    if not np.allclose(affine, ref_affine, rtol=0.0, atol=AFFINE_ATOL):
-        diff = float(np.max(np.abs(affine - ref_affine)))
-        raise QSMInputError(
-            path,
-            f"{what}'s affine differs from that of FIELD {ref_path} (max difference "
-            f"{diff:.3g} mm); every image must be on FIELD's grid",
-        )
+    check_grid(
+        path,
+        data.shape,
+        affine,
+        (ref_path, ref_data.shape, ref_affine),
+        what=what,
+        why="every image must be on FIELD's grid",
+    )
 
 
 def _non_finite(path: Path, what: str, data: np.ndarray, mask: np.ndarray) -> None:
