@@ -43,7 +43,7 @@ from qsm_bids.core.linalg import one_blas_thread
 from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm, ppm_to_hz
 from qsm_bids.core.quality import inverse_noise_weights
-from qsm_bids.core.reference import reference_mean
+from qsm_bids.core.reference import reference_with_fallback
 from qsm_bids.recipe import Recipe, StageChoice, load_recipe
 
 __all__ = ["invert_field", "run_stage"]
@@ -276,21 +276,24 @@ def invert_field(
 
     reference = recipe["reference"]
     log.info("referencing: %s", reference.algorithm)
-    try:
-        chi = run_stage(
+    chi_unreferenced = chi
+    chi, note = reference_with_fallback(
+        lambda: run_stage(
             reference,
-            chi,
+            chi_unreferenced,
             local_mask,
             region=region,
             r2star=None,
             magnitude=mag,
             voxel_size=vox,
-        )
-    except ValueError as exc:
-        if reference.algorithm != "csf":
-            raise
-        chi = reference_mean(chi, local_mask, region=region)
-        notes.append(f"CSF referencing failed ({exc}); referenced to the mean over the mask")
+        ),
+        reference.algorithm,
+        chi_unreferenced,
+        local_mask,
+        region=region,
+    )
+    if note:
+        notes.append(note)
     chi = np.where(local_mask, np.asarray(chi, np.float32), np.float32(0)).astype(np.float32)
 
     provenance: dict[str, Any] = {

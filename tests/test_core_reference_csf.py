@@ -70,3 +70,23 @@ def test_no_csf_raises(head) -> None:
     top[..., -5:] = True
     with pytest.raises(ValueError, match="no CSF"):
         reference_csf(chi, p.brain_mask, region=top, r2star=p.r2star)
+
+
+def test_csf_fallback_references_to_the_whole_brain_and_says_so():
+    from qsm_bids.core.reference import reference_with_fallback
+
+    rng = np.random.default_rng(0)
+    chi = rng.normal(0.05, 0.02, (6, 6, 6)).astype(np.float32)
+    mask = np.zeros(chi.shape, bool)
+    mask[1:5, 1:5, 1:5] = True
+
+    def no_csf():
+        raise ValueError("no CSF voxels")
+
+    out, note = reference_with_fallback(no_csf, "csf", chi, mask)
+    assert abs(float(out[mask].mean())) < 1e-6 and np.all(out[~mask] == 0)
+    assert "CSF referencing failed (no CSF voxels)" in note
+    ok, none = reference_with_fallback(lambda: chi, "csf", chi, mask)
+    assert ok is chi and none is None
+    with pytest.raises(ValueError, match="no CSF"):
+        reference_with_fallback(no_csf, "mask", chi, mask)

@@ -7,6 +7,8 @@ stated reference region, and for the whole brain to be reported in any case.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -62,3 +64,41 @@ def reference_mask(
         raise ValueError("the reference region does not overlap the brain mask")
     offset = float(np.mean(chi[sel], dtype=np.float64))
     return np.where(mask, chi - offset, 0).astype(np.float32)
+
+
+def reference_with_fallback(
+    run: Callable[[], np.ndarray],
+    algorithm: str,
+    chi: np.ndarray,
+    mask: np.ndarray,
+    *,
+    region: np.ndarray | None = None,
+) -> tuple[np.ndarray, str | None]:
+    """Run the chosen referencing; when CSF referencing finds no CSF, use the whole brain.
+
+    The CSF method (:func:`qsm_bids.core.reference_csf.reference_csf`) raises
+    ``ValueError`` on data without ventricles (a slab, a crop); the map is then referenced
+    to its mean over ``mask`` (:func:`reference_mean`) and a note says so. Errors of the
+    other methods are not caught.
+
+    Parameters
+    ----------
+    run : callable
+        Runs the recipe's referencing on ``chi`` and returns the map (ppm).
+    algorithm : str
+        The referencing algorithm's registry name.
+    chi, mask, region
+        As :func:`reference_mean`, for the fallback.
+
+    Returns
+    -------
+    (chi, note) : (3D array, str or None)
+        The referenced map (ppm) and the note of a fallback (None without one).
+    """
+    try:
+        return run(), None
+    except ValueError as exc:
+        if algorithm != "csf":
+            raise
+        chi = reference_mean(chi, mask, region=region)
+        return chi, f"CSF referencing failed ({exc}); referenced to the mean over the mask"

@@ -14,7 +14,7 @@ from qsm_bids.core.background.feedback import remove_with_feedback, susceptibili
 from qsm_bids.core.mask import combine_echoes
 from qsm_bids.core.physics import hz_to_ppm
 from qsm_bids.core.quality import inverse_noise_weights
-from qsm_bids.core.reference import reference_mean
+from qsm_bids.core.reference import reference_with_fallback
 from qsm_bids.core.relaxometry import t2star_from_r2star
 from qsm_bids.interfaces.base import (
     StageInputSpec,
@@ -304,22 +304,20 @@ class Reference(StageInterface):
         meta = read_meta(self.inputs.meta)
         chi_in = read_volume(self.inputs.chi)
         mask = read_mask(self.inputs.mask)
-        try:
-            chi = self.call_offering(
+        chi, note = reference_with_fallback(
+            lambda: self.call_offering(
                 chi_in,
                 mask,
                 region=region,
                 r2star=lambda: _optional(self.inputs.r2star),
                 magnitude=lambda: _optional(self.inputs.magnitude),
                 voxel_size=tuple(meta["voxel_size"]),
-            )
-            note = None
-        except ValueError as exc:
-            if self.inputs.algorithm != "csf":
-                raise
-            # no CSF found (e.g. a slab without ventricles): reference to the whole brain
-            chi = reference_mean(chi_in, mask, region=region)
-            note = f"CSF referencing failed ({exc}); referenced to the mean over the mask"
+            ),
+            self.inputs.algorithm,
+            chi_in,
+            mask,
+            region=region,
+        )
         self._results["chi"] = write_like(chi, self.inputs.chi, "chi", runtime.cwd)
         self._results["note"] = note or ""
         return runtime
