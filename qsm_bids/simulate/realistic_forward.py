@@ -199,8 +199,8 @@ def simulate_realistic_acquisition(
     return Acquisition(
         magnitude=mag,
         phase=pha,
-        total_field_hz=total_hz.astype(np.float32),
-        local_field_hz=local_hz.astype(np.float32),
+        total_field_hz=total_hz.astype(np.float32, copy=False),
+        local_field_hz=local_hz.astype(np.float32, copy=False),
         phase0=block_average(phase0_f, f),
         echo_times_s=tuple(float(t) for t in echo_times_s),
         field_strength_t=b0,

@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.fft
+
+from qsm_bids.core.kernels import fftn, ifftn
 
 
 def fine_affine(affine: np.ndarray, factor: int) -> np.ndarray:
@@ -163,7 +164,7 @@ def _axis_indices(n_fine: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.mod(q, n_fine), q
 
 
-def kspace_truncate(x: np.ndarray, out_shape: Sequence[int], *, workers: int = -1) -> np.ndarray:
+def kspace_truncate(x: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
     """Bring a fine-grid image to a coarser grid by k-space truncation (what MRI samples).
 
     The DFT of ``x`` is restricted to the central ``out_shape`` frequencies (for an even
@@ -181,8 +182,6 @@ def kspace_truncate(x: np.ndarray, out_shape: Sequence[int], *, workers: int = -
     out_shape : 3 ints
         Output grid shape; ``x.shape`` must be a whole multiple of it (same factor on every
         axis is not required).
-    workers : int, default -1
-        Threads of ``scipy.fft``.
 
     Returns
     -------
@@ -192,7 +191,7 @@ def kspace_truncate(x: np.ndarray, out_shape: Sequence[int], *, workers: int = -
     out = tuple(int(n) for n in out_shape)
     if len(out) != 3 or any(n < 1 or m % n for m, n in zip(fine, out, strict=True)):
         raise ValueError(f"fine shape {fine} is not a whole multiple of {out}")
-    spec = scipy.fft.fftn(np.asarray(x, dtype=np.complex64), workers=workers)
+    spec = fftn(np.asarray(x, dtype=np.complex64))
     idx, shifts = [], []
     for m, n in zip(fine, out, strict=True):
         i, q = _axis_indices(m, n)
@@ -203,6 +202,6 @@ def kspace_truncate(x: np.ndarray, out_shape: Sequence[int], *, workers: int = -
     cut = spec[np.ix_(*idx)]
     del spec
     cut *= shifts[0][:, None, None] * shifts[1][None, :, None] * shifts[2][None, None, :]
-    res = scipy.fft.ifftn(cut, workers=workers)
+    res = ifftn(cut)
     res *= np.float32(np.prod(out) / np.prod(fine))
     return res.astype(np.complex64, copy=False)
