@@ -44,11 +44,11 @@ from typing import Any
 
 import nibabel as nb
 import numpy as np
-from qsm_bids.core.streaking import streaking_index
 
 from qsm_bids import registry
 from qsm_bids.core.linalg import one_blas_thread
 from qsm_bids.core.metrics import hfen, linear_fit, nrmse, xsim
+from qsm_bids.core.streaking import streaking_index
 from qsm_bids.recipe import builtin_recipes, load_recipe
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "challenge-2016"

@@ -437,8 +437,8 @@ def run_group_level(
     runs_without_table = [p for p in chimap_prefixes if p not in prefixes]
 
     # ---- write
+    from qsm_bids.bids.derivatives import write_text_atomic
     from qsm_bids.report.figures import plot_region_distribution
-    from qsm_bids.report.html import write_text_atomic
 
     group_dir = output_dir / "group"
     table_path = write_text_atomic(group_dir / "regionstats.tsv", _tsv_text(header, out_rows))

@@ -12,6 +12,7 @@ never ``echo`` or ``part``), then ``space`` and ``desc``, then the suffix, e.g.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -216,6 +217,42 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a hidden temporary file in the same folder,
+    ``fsync``, then :func:`os.replace` over ``path``. The one atomic writer of qsm_bids:
+    text, JSON, figures and other files all go through it (NIfTI images through
+    :func:`write_nifti_atomic`, which streams).
+
+    Parameters
+    ----------
+    path : Path
+        Destination; its folder is created if needed.
+    data : bytes
+        Content.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _commit(tmp, path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def write_json_atomic(path: Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, fsync, rename).
 
@@ -232,18 +269,8 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     Path
         ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _commit(tmp, path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def write_nifti_atomic(
@@ -315,7 +342,16 @@ def write_nifti_atomic(
 
     tmp = _tmp_path(path)
     try:
-        nib.save(img, str(tmp))
+        with open(tmp, "wb") as raw:
+            if path.name.endswith(".gz"):
+                # no file name and a zero time stamp in the gzip header (the BIDS validator
+                # warns about names there; identical content gives identical files)
+                with gzip.GzipFile(
+                    filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0
+                ) as gz:
+                    img.to_stream(gz)
+            else:
+                img.to_stream(raw)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

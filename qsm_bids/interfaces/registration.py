@@ -27,10 +27,9 @@ from nipype.interfaces.base import (
 
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import (
-    _commit,
-    _tmp_path,
     derivative_path,
     sidecar_for,
+    write_bytes_atomic,
     write_json_atomic,
     write_nifti_atomic,
 )
@@ -106,18 +105,6 @@ def names_to_json(names: dict[int, str]) -> str:
 def names_from_json(text: str) -> dict[int, str]:
     """Inverse of :func:`names_to_json`."""
     return {int(k): str(v) for k, v in json.loads(text).items()}
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_bytes(data)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _commit(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------------- registration
@@ -377,7 +364,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
         # transforms, then the JSON that says how to chain them
         mapping = {f: str(_xfm_target(out_dir, run, f)) for f in result.files}
         for src, dst in mapping.items():
-            written.append(str(_write_bytes_atomic(Path(dst), Path(src).read_bytes())))
+            written.append(str(write_bytes_atomic(Path(dst), Path(src).read_bytes())))
         moved = result.relocated({k: Path(v).name for k, v in mapping.items()})
         xfm_doc = {
             "Description": "ANTs transforms between the GRE (orig) space and "
@@ -437,11 +424,11 @@ class WriteRegistrationDerivatives(SimpleInterface):
         )
         written.append(str(path))
         tsv = out_dir / "dseg.tsv"
-        written.append(str(_write_bytes_atomic(tsv, dseg_tsv(aal3_names()).encode())))
+        written.append(str(write_bytes_atomic(tsv, dseg_tsv(aal3_names()).encode())))
 
         # region table + column descriptions
         path = derivative_path(out_dir, run, "regionstats", desc=ATLAS_NAME, extension=".tsv")
-        _write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
+        write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
         side = {
             **REGIONSTATS_COLUMNS,
             "Description": "Susceptibility per AAL3 region inside the brain mask, in subject "
@@ -555,11 +542,11 @@ class WriteSegmentationDerivatives(SimpleInterface):
         )
         written.append(str(path))
         tsv = path.with_name(path.name.replace(".nii.gz", ".tsv"))
-        written.append(str(_write_bytes_atomic(tsv, dseg_tsv(names).encode())))
+        written.append(str(write_bytes_atomic(tsv, dseg_tsv(names).encode())))
 
         # region table + column descriptions
         path = derivative_path(out_dir, run, "regionstats", desc=name, extension=".tsv")
-        _write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
+        write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
         columns = dict(REGIONSTATS_COLUMNS)
         columns["region"] = {
             "Description": f"region name of the segmentation '{name}' (its dseg.tsv; "

@@ -15,8 +15,7 @@ Nothing here computes a result that is written anywhere else; figures are for lo
 
 from __future__ import annotations
 
-import os
-import uuid
+import io
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from qsm_bids.bids.derivatives import write_bytes_atomic  # noqa: E402
 from qsm_bids.core import kernels  # noqa: E402
 
 #: Template name of the ``space-`` entity of the normalised maps.
@@ -70,19 +70,14 @@ def save_figure_atomic(fig: Figure, path: Path) -> Path:
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in ("png", "svg"):
         raise ValueError(f"figures are written as .png or .svg, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.{fmt}")
+    buffer = io.BytesIO()
     try:
         # fixed metadata keeps the files byte-identical between reruns
         metadata = {"Software": None} if fmt == "png" else {"Date": None}
-        fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        fig.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
     finally:
         plt.close(fig)
-    return path
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:

@@ -27,7 +27,6 @@ import html
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from qsm_bids import __version__
+from qsm_bids.bids.derivatives import write_text_atomic
 from qsm_bids.core.streaking import STREAKING_FLAG
 from qsm_bids.errors import QSMInputError
 
@@ -62,41 +62,6 @@ STAGE_NAMES: dict[str, str] = {
 
 #: Display window of the susceptibility maps (ppm, symmetric).
 QSM_WINDOW_PPM = 0.15
-
-
-# --------------------------------------------------------------------------------------
-# Atomic text output
-# --------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (temporary file, fsync, rename).
-
-    Parameters
-    ----------
-    path : Path
-        Destination; its folder is created if needed.
-    text : str
-        Content.
-
-    Returns
-    -------
-    Path
-        ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------------------
