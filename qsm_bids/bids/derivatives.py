@@ -12,10 +12,12 @@ never ``echo`` or ``part``), then ``space`` and ``desc``, then the suffix, e.g.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -181,6 +183,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: errors of a write that the user fixes with space or permissions, not a bug
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def explain_write_error(exc: OSError, path: Path) -> OSError:
+    """An :class:`OSError` of writing ``path`` restated for the user: the file, its folder
+    and, for a full disk or quota, the free space there. Other errors are returned as
+    they are."""
+    if exc.errno not in _DISK_ERRORS:
+        return exc
+    folder = Path(path).parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1024**2:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "free some space or give another output folder, then rerun the same command"
+    else:
+        hint = "make the folder writable or give another output folder"
+    name = Path(path).name
+    return OSError(exc.errno, f"cannot write {name} in {folder} ({reason}; {free}): {hint}")
+
+
 def _commit(tmp: Path, path: Path) -> None:
     """fsync ``tmp`` and rename it over ``path``; remove ``tmp`` on any failure."""
     try:
@@ -241,10 +267,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
+        _commit(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise explain_write_error(exc, path) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _commit(tmp, path)
     return path
 
 
@@ -352,10 +381,13 @@ def write_nifti_atomic(
                     img.to_stream(gz)
             else:
                 img.to_stream(raw)
+        _commit(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise explain_write_error(exc, path) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _commit(tmp, path)
     if sidecar is not None:
         write_json_atomic(sidecar_path(path), sidecar)
     return path
