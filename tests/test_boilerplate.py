@@ -263,6 +263,24 @@ def test_installed_versions_by_default_and_partial_provenance():
     assert "Background fields" not in bp.markdown
 
 
+def test_a_derivative_sidecar_gives_the_same_text():
+    prov = load_recipe("tv").provenance()
+    sidecar = {
+        "EchoTime": [0.005, 0.01],
+        "MagneticFieldStrength": 7.0,
+        "Pipeline": prov["Pipeline"],
+        "SoftwareVersion": "qsm_bids 0.0.test",
+        "Stages": {k: v for k, v in prov.items() if k != "Pipeline"},
+    }
+    from_sidecar = build_boilerplate(sidecar, registration=False, versions=VERSIONS)
+    direct = build_boilerplate(
+        prov, registration=False, versions=VERSIONS, echo_times_s=[0.005, 0.01],
+        field_strength_t=7.0,
+    )  # fmt: skip
+    assert from_sidecar == direct
+    assert "echo times 5, 10 ms), acquired at 7 T" in direct.markdown
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [(3e-4, "3×10⁻⁴"), (1e5, "10⁵"), (0.11, "0.11"), (200, "200"), ([5.0, 5.0], "5, 5"),

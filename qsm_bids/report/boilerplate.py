@@ -517,8 +517,8 @@ def _inv_tfi(p: Mapping[str, Any]) -> str:
         f"{_cite('liu2017tfi')}) with the nonlinear data term of MEDI "
         f"({_cite('liu2013nonlinear')}), on the brain mask extended by "
         f"{_f(p['extension_mm'])} mm: λ = {_f(p['lambda_'])}, preconditioner "
-        f"{_f(p['preconditioner'])} outside the brain, regularisation weight "
-        f"{_f(p['outside_weight'])} outside the brain, the {_percent(p['edge_percentage'])} "
+        f"{_f(p['preconditioner'])} and regularisation weight {_f(p['outside_weight'])} "
+        f"outside the brain, the {_percent(p['edge_percentage'])} "
         "largest magnitude gradients exempted from the penalty, at most "
         f"{p['max_iter']} Gauss-Newton iterations (tolerance {_f(p['tol'])}) of at most "
         f"{p['cg_max_iter']} conjugate-gradient iterations each{_phase_scale(p)}."
@@ -784,7 +784,7 @@ def _software_sentence(pipeline: str | None, versions: Mapping[str, str]) -> str
     def v(name: str) -> str:
         return f" {versions[name]}" if versions.get(name) else ""
 
-    recipe = f' with its "{pipeline}" recipe' if pipeline else ""
+    recipe = f' (recipe "{pipeline}")' if pipeline else ""
     return (
         f"Results included in this manuscript come from processing performed with "
         f"qsm_bids{v('qsm_bids')}{recipe}, a BIDS app for quantitative susceptibility mapping "
@@ -995,10 +995,12 @@ def build_boilerplate(
     Parameters
     ----------
     provenance : dict
-        :meth:`qsm_bids.recipe.Recipe.provenance` as written in the sidecars:
-        ``{"Pipeline": name, "<stage>": {"Algorithm": str, "Parameters": {...}}, ...}``.
-        Stages that are missing are left out of the text; parameters that are missing take
-        the algorithm's defaults.
+        :meth:`qsm_bids.recipe.Recipe.provenance`:
+        ``{"Pipeline": name, "<stage>": {"Algorithm": str, "Parameters": {...}}, ...}``, or
+        a derivative's JSON sidecar, whose ``Stages`` hold the same stage entries (its
+        ``EchoTime`` and ``MagneticFieldStrength`` then serve as defaults of the two
+        arguments below). Stages that are missing are left out of the text; parameters that
+        are missing take the algorithm's defaults.
     registration : bool
         Whether the run registered to the template and computed the AAL3 statistics.
     segmentation : str or None, default None
@@ -1017,6 +1019,12 @@ def build_boilerplate(
         Markdown, HTML fragment, BibTeX and the cited references.
     """
     versions = default_versions() if versions is None else dict(versions)
+    if isinstance(provenance.get("Stages"), Mapping):  # a derivative's sidecar
+        if echo_times_s is None and isinstance(provenance.get("EchoTime"), list):
+            echo_times_s = [float(t) for t in provenance["EchoTime"]]
+        if field_strength_t is None and provenance.get("MagneticFieldStrength"):
+            field_strength_t = float(provenance["MagneticFieldStrength"])
+        provenance = {"Pipeline": provenance.get("Pipeline"), **provenance["Stages"]}
     paragraphs = _paragraphs(
         provenance,
         registration=registration,
