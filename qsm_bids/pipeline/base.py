@@ -138,7 +138,7 @@ def init_qsm_wf(
     heavy = {"mem_gb": 30 * vol + 0.3, "n_procs": threads}  # the FFT-heavy nodes
     susc = {**heavy, "reference_mask": _resolved(config.workflow.reference_mask)}
     wf = pe.Workflow(name=name or workflow_name(run))
-    load = init_load_node(run, config.workflow.phase_sign, mem_gb=3 * vol4 + 0.2)
+    load = load_node(run, config.workflow.phase_sign, mem_gb=3 * vol4 + 0.2)
     mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
     field_mask_wf = init_field_mask_wf(fill_holes=two_pass, mem_gb=vol + 0.1)
     unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=threads)
@@ -208,7 +208,7 @@ def init_qsm_wf(
     return wf
 
 
-def init_load_node(run: Run, phase_sign: str = "auto", *, mem_gb: float = 1.0) -> pe.Node:
+def load_node(run: Run, phase_sign: str = "auto", *, mem_gb: float = 1.0) -> pe.Node:
     """The node that reads and checks the run's echoes (:class:`LoadRun`); ``phase_sign``
     ``"-1"`` negates the phase on reading.
 
