@@ -13,7 +13,12 @@ import nibabel as nb
 import numpy as np
 
 from qsm_bids import __version__
-from qsm_bids.bids.derivatives import derivative_path, write_dataset_description
+from qsm_bids.bids.derivatives import (
+    derivative_path,
+    write_bidsignore,
+    write_dataset_description,
+    write_readme,
+)
 from qsm_bids.bids.layout import FIELD_STRENGTH_MISMATCH, Run, find_runs, validate_output_dir
 from qsm_bids.cli.plugins import (
     check_plugin,
@@ -243,6 +248,7 @@ def run_participant_level(
     write_dataset_description(output_dir, version=__version__, source_dir=bids_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     write_bidsignore(output_dir)
+    write_readme(output_dir)
     log_path = attach_log_file(output_dir)
     log.info("qsm_bids %s; log file %s", __version__, log_path)
     for run in runs:  # console and log file
@@ -324,20 +330,6 @@ def run_participant_level(
         else:
             result.failed[run.name] = summarise_crash(crash_dir, run)
     return result
-
-
-#: files in OUTPUT_DIR that are not BIDS derivatives, for the BIDS validator
-BIDSIGNORE = ("logs/", "group/", "sub-*.html", "sub-*/figures/")
-
-
-def write_bidsignore(output_dir: Path) -> None:
-    """Create ``OUTPUT_DIR/.bidsignore`` once (exclusive create: concurrent runs are safe)."""
-    try:
-        fd = os.open(output_dir / ".bidsignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(BIDSIGNORE) + "\n")
 
 
 def attach_log_file(output_dir: Path) -> Path:
