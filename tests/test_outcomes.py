@@ -1,0 +1,205 @@
+"""Outcomes that never lie: the run hash, stale outputs of an earlier run, a failed rerun,
+a regional table skipped on purpose, and --reports-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from qsm_bids.bids.layout import find_runs
+from qsm_bids.bids.provenance import (
+    outputs_match,
+    regional_statistics_skipped,
+    remove_stale_outputs,
+    run_hash,
+    run_outputs,
+)
+from qsm_bids.cli.main import main
+from qsm_bids.cli.parser import config_from_args, parse_participant_args
+from qsm_bids.recipe import load_recipe
+
+from .test_cli import _tiny_bids
+
+
+def _config(bids: Path, *options: str):
+    return config_from_args(parse_participant_args([str(bids), "out", "participant", *options]))
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    return _tiny_bids(tmp_path / "bids")
+
+
+def test_run_hash_changes_with_what_changes_the_outputs(tiny):
+    (run,) = find_runs(tiny)
+    config = _config(tiny)
+    base = run_hash(run, config, load_recipe("default"))
+    assert len(base) == 64
+    assert run_hash(run, _config(tiny), load_recipe("default")) == base  # a new stamp: same
+    assert run_hash(run, config, load_recipe("fast")) != base
+    assert run_hash(run, _config(tiny, "--phase-sign", "-1"), load_recipe("default")) != base
+    assert run_hash(run, _config(tiny, "--no-registration"), load_recipe("default")) != base
+    assert run_hash(run, config, load_recipe("default"), mask_file=run.phase_files[0]) != base
+    assert run_hash(run, _config(tiny, "--nprocs", "2"), load_recipe("default")) == base
+    # an input file rewritten (another modification time) gives another hash
+    phase = run.phase_files[1]
+    stat = phase.stat()
+    os.utime(phase, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert run_hash(run, config, load_recipe("default")) != base
+
+
+def _write_outputs(output_dir: Path, prefix: str, run_hash_value: str | None) -> list[Path]:
+    anat = output_dir / "sub-01" / "anat"
+    figures = output_dir / "sub-01" / "figures"
+    anat.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    side = {"Units": "ppm"} | ({"RunHash": run_hash_value} if run_hash_value else {})
+    files = [
+        anat / f"{prefix}_Chimap.nii.gz",
+        anat / f"{prefix}_desc-local_mask.nii.gz",
+        anat / f"{prefix}_space-MNI152NLin2009aSym_Chimap.nii.gz",
+        figures / f"{prefix}_desc-chi_slices.png",
+    ]
+    for path in files:
+        path.write_bytes(b"x")
+    (anat / f"{prefix}_Chimap.json").write_text(json.dumps(side))
+    return [*files, anat / f"{prefix}_Chimap.json"]
+
+
+def test_outputs_of_another_run_hash_are_removed_and_others_kept(tiny, tmp_path):
+    (run,) = find_runs(tiny)
+    out = tmp_path / "out"
+    mine = _write_outputs(out, "sub-01", "old")
+    other = _write_outputs(out, "sub-01_acq-x", "old")  # another run of the participant
+    assert sorted(run_outputs(out, run)) == sorted(mine)
+    assert not outputs_match(out, run, "new")
+
+    assert remove_stale_outputs(out, run, "old") == []  # same hash: a resumed run keeps them
+    assert all(p.exists() for p in mine)
+    assert outputs_match(out, run, "old")
+
+    removed = remove_stale_outputs(out, run, "new")
+    assert sorted(removed) == sorted(mine)
+    assert not any(p.exists() for p in mine)
+    assert all(p.exists() for p in other)
+
+
+def test_outputs_without_a_run_hash_are_stale(tiny, tmp_path):
+    (run,) = find_runs(tiny)
+    out = tmp_path / "out"
+    mine = _write_outputs(out, "sub-01", None)  # written before run hashes existed
+    assert sorted(remove_stale_outputs(out, run, "new")) == sorted(mine)
+
+
+def test_a_regional_table_skipped_on_purpose_is_recognised(tiny, tmp_path):
+    (run,) = find_runs(tiny)
+    out = tmp_path / "out"
+    anat = out / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    assert regional_statistics_skipped(out, run) is None
+    xfm = anat / "sub-01_from-orig_to-MNI152NLin2009aSym_mode-image_xfm.json"
+    xfm.write_text(json.dumps({"RegionalStatistics": "written"}))
+    assert regional_statistics_skipped(out, run) is None
+    xfm.write_text(json.dumps({"RegionalStatistics": "skipped: the field of view is a slab"}))
+    assert "slab" in regional_statistics_skipped(out, run)
+
+
+def _has_run_hashes() -> bool:
+    """Whether the workflow builders record RunHash (branch 'pipeline')."""
+    import inspect
+
+    from qsm_bids.pipeline.base import init_participant_wf
+
+    return "run_hashes" in inspect.signature(init_participant_wf).parameters
+
+
+needs_run_hash = pytest.mark.skipif(
+    not _has_run_hashes(), reason="the workflow builders do not record RunHash yet"
+)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A successful --pipeline fast run of the tiny dataset (copied by each test)."""
+    root = tmp_path_factory.mktemp("outcomes")
+    bids = _tiny_bids(root / "bids")
+    out = root / "out"
+    code = main([str(bids), str(out), "participant", "--pipeline", "fast", "-w",
+                 str(root / "work"), "--no-registration", "--skip-bids-validation"])  # fmt: skip
+    assert code == 0
+    return bids, out, root / "work"
+
+
+@needs_run_hash
+def test_a_run_writes_its_config_and_log_with_one_stamp_and_records_its_hash(finished):
+    bids, out, _ = finished
+    (config,) = (out / "logs").glob("config-*.toml")
+    stamp = config.name.removeprefix("config-").removesuffix(".toml")
+    assert list((out / "logs").glob(f"qsm_bids_{stamp}_*.log"))
+    assert 'pipeline = "fast"' in config.read_text()
+    side = json.loads((out / "sub-01" / "anat" / "sub-01_Chimap.json").read_text())
+    from qsm_bids.config import Config
+
+    (run,) = find_runs(bids)
+    repeat = Config.from_toml(config)
+    assert side["RunHash"] == run_hash(run, repeat, repeat.recipe)
+
+
+@needs_run_hash
+def test_a_failed_rerun_exits_1_and_leaves_no_older_map(finished, tmp_path, capsys):
+    import nibabel as nb
+    import numpy as np
+
+    bids, done, work = finished
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    chimap = out / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"
+    assert chimap.is_file()
+    # the same run with a recipe that fails at run time: reference to an empty region
+    ref = nb.load(bids / "sub-01" / "anat" / "sub-01_echo-1_part-mag_MEGRE.nii.gz")
+    nb.Nifti1Image(np.zeros(ref.shape, np.uint8), ref.affine).to_filename(tmp_path / "ref.nii.gz")
+    text = (Path(__file__).resolve().parents[1] / "workflows" / "fast.toml").read_text()
+    recipe = tmp_path / "crash.toml"
+    recipe.write_text(
+        text.replace('[reference]\nalgorithm = "mean"', '[reference]\nalgorithm = "mask"')
+    )
+    capsys.readouterr()
+    code = main([str(bids), str(out), "participant", "--pipeline", str(recipe),
+                 "--reference-mask", str(tmp_path / "ref.nii.gz"), "-w", str(tmp_path / "w"),
+                 "--no-registration", "--skip-bids-validation"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "FAILED sub-01" in err and "0 of 1 run(s) succeeded" in err
+    assert "removing" in err and "sub-01_Chimap.nii.gz" in err
+    assert not chimap.exists()
+    assert not list((out / "sub-01" / "anat").glob("sub-01_*"))
+
+
+@needs_run_hash
+def test_a_chimap_of_another_run_is_not_success(finished, tmp_path):
+    """A Chimap on disk whose sidecar records another hash does not count (e.g. written
+    by a concurrent run with other settings)."""
+    bids, done, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    (run,) = find_runs(bids)
+    side = out / "sub-01" / "anat" / "sub-01_Chimap.json"
+    recorded = json.loads(side.read_text())["RunHash"]
+    assert outputs_match(out, run, recorded)
+    assert not outputs_match(out, run, "0" * 64)
+
+
+def test_reports_only_rewrites_the_report_without_running(tiny, tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    _write_outputs(out, "sub-01", "x")
+    code = main([str(tiny), str(out), "participant", "--reports-only", "-w", str(work)])
+    assert code == 0
+    assert (out / "sub-01.html").is_file()
+    assert not work.exists()
+    assert main([str(tiny), str(out), "participant", "--reports-only",
+                 "--participant-label", "02"]) == 2  # fmt: skip
+    assert "no outputs of participant(s) 02" in capsys.readouterr().err
