@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qsm_bids.bids.layout import find_runs
+from qsm_bids.config import Config, ExecutionSettings, NipypeSettings, WorkflowSettings
 from qsm_bids.pipeline.base import init_participant_wf, init_qsm_wf, phase_only_recipe
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
 from qsm_bids.pipeline.susceptibility import (
@@ -22,6 +23,15 @@ from tests.test_cli import _tiny_bids
 @pytest.fixture
 def recipe():
     return load_recipe("default")
+
+
+def _config(root: Path, bids: Path, nprocs: int = 0, omp_nthreads: int = 0, **workflow) -> Config:
+    """A config for building workflows on ``bids`` (outputs and work folder under ``root``)."""
+    return Config(
+        execution=ExecutionSettings(bids_dir=bids, output_dir=root / "out", work_dir=root / "w"),
+        workflow=WorkflowSettings(**workflow),
+        nipype=NipypeSettings(nprocs=nprocs, omp_nthreads=omp_nthreads),
+    )
 
 
 def test_stage_builders_have_input_and_output_nodes(recipe):
@@ -49,15 +59,14 @@ def test_stage_node_carries_the_recipe_choice(recipe):
 def test_run_workflow_has_every_stage(tmp_path: Path, recipe):
     bids = _tiny_bids(tmp_path / "bids")
     run = find_runs(bids)[0]
-    wf = init_qsm_wf(run, recipe, output_dir=tmp_path / "out", bids_dir=bids)
+    wf = init_qsm_wf(run, _config(tmp_path, bids), recipe=recipe)
     names = set(wf.list_node_names())
     for node in ("load", "mask_wf.brain_mask", "unwrap_wf.unwrap", "combine_wf.combine",
                  "background_wf.background", "inversion_wf.invert", "inversion_wf.reference",
                  "r2star_wf.r2star", "derivatives"):  # fmt: skip
         assert node in names
-    wf = init_participant_wf([run], recipe, output_dir=tmp_path / "o", bids_dir=bids,
-                             work_dir=tmp_path / "w")  # fmt: skip
-    assert wf.base_dir == str(tmp_path / "w")
+    wf = init_participant_wf([run], _config(tmp_path, bids))
+    assert wf.base_dir == str((tmp_path / "w").resolve())
 
 
 @pytest.mark.parametrize("passes", [0, 2])
@@ -73,7 +82,7 @@ def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, 
     bg = recipe["background"]
     choice = replace(bg, params={**bg.params, registry.FEEDBACK: passes})
     recipe = replace(recipe, stages={**recipe.stages, "background": choice})
-    wf = init_qsm_wf(run, recipe, output_dir=tmp_path / "out", bids_dir=bids)
+    wf = init_qsm_wf(run, _config(tmp_path, bids), recipe=recipe)
     names = set(wf.list_node_names())
     for i in range(1, passes + 1):
         assert f"background_feedback{i}_wf.background" in names
@@ -126,7 +135,8 @@ def test_feedback_passes_and_the_first_map_take_their_own_iteration_counts(tmp_p
         "inversion": replace(inv, params={**inv.params, registry.PRELIMINARY_MAX_ITER: 2,
                                           "max_iter": 9}),
     }  # fmt: skip
-    wf = init_qsm_wf(run, replace(recipe, stages=stages), output_dir=tmp_path / "o", bids_dir=bids)
+    config = _config(tmp_path, bids)
+    wf = init_qsm_wf(run, config, recipe=replace(recipe, stages=stages))
     params = {n: wf.get_node(n).inputs.params["max_iter"] for n in (
         "background_wf.background", "background_feedback1_wf.background",
         "inversion_wf.invert", "inversion_feedback1_wf.invert")}  # fmt: skip
@@ -139,7 +149,7 @@ def test_feedback_passes_and_the_first_map_take_their_own_iteration_counts(tmp_p
     # without feedback passes the one inversion is the result: its own max_iter
     stages["background"] = replace(stages["background"], params={
         **stages["background"].params, registry.FEEDBACK: 0})  # fmt: skip
-    wf = init_qsm_wf(run, replace(recipe, stages=stages), output_dir=tmp_path / "p", bids_dir=bids)
+    wf = init_qsm_wf(run, config, recipe=replace(recipe, stages=stages))
     assert wf.get_node("inversion_wf.invert").inputs.params["max_iter"] == 9
 
 
@@ -159,11 +169,12 @@ def test_cores_are_shared_between_runs(tmp_path: Path, recipe):
     runs = find_runs(bids)
     assert [r.subject for r in runs] == ["01", "02"]
 
-    def heavy_threads(n_runs: int, cores: int) -> int:
-        wf = init_participant_wf(runs[:n_runs], recipe, output_dir=tmp_path / "o",
-                                 bids_dir=bids, work_dir=tmp_path / "w", n_procs=cores)  # fmt: skip
+    def heavy_threads(n_runs: int, cores: int, omp_nthreads: int = 0) -> int:
+        config = _config(tmp_path, bids, nprocs=cores, omp_nthreads=omp_nthreads)
+        wf = init_participant_wf(runs[:n_runs], config)
         return wf.get_node("qsm_sub_01.inversion_wf.invert").n_procs
 
     assert heavy_threads(1, 4) == 4  # one run: all cores for its FFTs
     assert heavy_threads(2, 4) == 2  # two runs side by side
     assert heavy_threads(2, 1) == 1
+    assert heavy_threads(2, 4, omp_nthreads=3) == 3  # --omp-nthreads: as given

@@ -70,6 +70,7 @@ def dataset(tmp_path_factory):
 
 def test_t1w_path_through_the_registration_workflow(dataset):
     from qsm_bids.bids.layout import find_runs
+    from qsm_bids.config import Config, ExecutionSettings
     from qsm_bids.interfaces.registration import read_regionstats_tsv
     from qsm_bids.pipeline.base import init_qsm_wf
     from qsm_bids.pipeline.registration import init_registration_wf
@@ -86,7 +87,8 @@ def test_t1w_path_through_the_registration_workflow(dataset):
     # the layout finds the T1w beside the GRE, and the participant workflow passes it on
     run = find_runs(bids)[0]
     assert run.t1w is not None and run.t1w.name == "sub-01_T1w.nii.gz"
-    qsm_wf = init_qsm_wf(run, load_recipe("default"), output_dir=root / "o", bids_dir=bids)
+    config = Config(execution=ExecutionSettings(bids_dir=bids, output_dir=root / "o"))
+    qsm_wf = init_qsm_wf(run, config, recipe=load_recipe("default"))
     assert qsm_wf.get_node("registration_wf.inputnode").inputs.t1w == str(run.t1w)
 
     # inputs of the registration branch: echo-averaged magnitude, true mask and true chi

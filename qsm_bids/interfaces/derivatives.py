@@ -57,6 +57,12 @@ def _streaking(chi: np.ndarray, mask_file: str, meta: dict) -> dict[str, float]:
     return {"StreakingIndex": round(value, 4)} if np.isfinite(value) else {}
 
 
+def run_hash_field(run_hash: str) -> dict[str, str]:
+    """``{"RunHash": run_hash}`` for a sidecar, or nothing when ``run_hash`` is empty: the
+    hash ties a derivative to what produced it (inputs, recipe, version)."""
+    return {"RunHash": run_hash} if run_hash else {}
+
+
 class _WriteInputSpec(BaseInterfaceInputSpec):
     run_json = traits.Str(mandatory=True, desc="the run (run_to_json)")
     output_dir = traits.Str(mandatory=True, desc="derivatives root")
@@ -73,6 +79,12 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     sign = traits.Int(1, usedefault=True, desc="-1: negate the field maps")
     sign_check = traits.Str(desc="phase-sign check report (JSON)")
     reference_note = traits.Str(desc="a note from the referencing stage")
+    run_hash = traits.Str(
+        "",
+        usedefault=True,
+        desc="provenance hash of what produced the outputs (inputs, recipe, version), "
+        "written as RunHash into every sidecar when non-empty",
+    )
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -98,6 +110,7 @@ class WriteDerivatives(SimpleInterface):
             "B0Direction": meta["b0_dir"],
             "Pipeline": recipe["Pipeline"],
             "SoftwareVersion": f"qsm_bids {__version__}",
+            **run_hash_field(self.inputs.run_hash),
         }
         notes = list(meta["notes"])
         if isdefined(self.inputs.reference_note) and self.inputs.reference_note:

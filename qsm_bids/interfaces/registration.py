@@ -35,6 +35,7 @@ from qsm_bids.bids.derivatives import (
 )
 from qsm_bids.core.regionstats import COLUMNS, region_statistics
 from qsm_bids.interfaces.base import read_mask, read_volume, write_like
+from qsm_bids.interfaces.derivatives import run_hash_field
 from qsm_bids.interfaces.load import run_from_json
 
 #: ``space-`` label of the subject (GRE) space in derivative names.
@@ -324,6 +325,12 @@ class _WriteRegInputSpec(BaseInterfaceInputSpec):
     dseg_subject = File(exists=True, mandatory=True, desc="AAL3 in subject space")
     xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
     regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+    run_hash = traits.Str(
+        "",
+        usedefault=True,
+        desc="provenance hash of what produced the outputs (inputs, recipe, version), "
+        "written as RunHash into every JSON file written when non-empty",
+    )
 
 
 class _WriteRegOutputSpec(TraitedSpec):
@@ -380,6 +387,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
             },
             "Registration": moved.parameters,
             "RegistrationTimeSeconds": round(float(result.elapsed_s), 2),
+            **run_hash_field(self.inputs.run_hash),
         }
         xfm_json = xfm_path(out_dir, run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
         written.append(str(write_json_atomic(xfm_json, xfm_doc)))
@@ -390,6 +398,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
             "TemplateResolutionMM": result.parameters.get("TemplateResolutionMM"),
             "Registration": result.parameters,
             "SoftwareVersion": f"qsm_bids {__version__}",
+            **run_hash_field(self.inputs.run_hash),
         }
         if isdefined(self.inputs.provenance) and self.inputs.provenance:
             reg_prov["Pipeline"] = json.loads(self.inputs.provenance).get("Pipeline")
@@ -438,6 +447,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
                 derivative_path(Path(""), run, "dseg", space=ORIG_SPACE).as_posix(),
                 derivative_path(Path(""), run, "mask", desc="brain").as_posix(),
             ],
+            **run_hash_field(self.inputs.run_hash),
         }
         write_json_atomic(path.with_suffix(".json"), side)
         written.append(str(path))
@@ -486,6 +496,12 @@ class _WriteSegInputSpec(BaseInterfaceInputSpec):
     warnings = traits.List(traits.Str, desc="warnings about the segmentation")
     dseg_subject = File(exists=True, mandatory=True, desc="labels on the subject grid")
     regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+    run_hash = traits.Str(
+        "",
+        usedefault=True,
+        desc="provenance hash of what produced the outputs (inputs, recipe, version), "
+        "written as RunHash into every JSON file written when non-empty",
+    )
 
 
 class WriteSegmentationDerivatives(SimpleInterface):
@@ -535,6 +551,7 @@ class WriteSegmentationDerivatives(SimpleInterface):
             side["LabelsFile"] = str(self.inputs.labels_file)
         side["Interpolation"] = "nearest neighbour"
         side["SoftwareVersion"] = f"qsm_bids {__version__}"
+        side.update(run_hash_field(self.inputs.run_hash))
         if warnings:
             side["Warnings"] = warnings
         write_nifti_atomic(
@@ -564,6 +581,7 @@ class WriteSegmentationDerivatives(SimpleInterface):
                 derivative_path(Path(""), run, "dseg", space=ORIG_SPACE, desc=name).as_posix(),
                 derivative_path(Path(""), run, "mask", desc="local").as_posix(),
             ],
+            **run_hash_field(self.inputs.run_hash),
         }
         if warnings:
             side["Warnings"] = warnings

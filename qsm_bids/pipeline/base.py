@@ -13,6 +13,7 @@ The data flow, one node per arrow::
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from nipype.pipeline import engine as pe
 from qsm_bids import registry
 from qsm_bids.bids.layout import Run
 from qsm_bids.bids.segmentation import Segmentation
+from qsm_bids.config import Config
 from qsm_bids.interfaces.derivatives import WriteDerivatives
 from qsm_bids.interfaces.load import LoadRun, run_to_json
 from qsm_bids.interfaces.sign import CheckPhaseSign
@@ -63,16 +65,13 @@ def phase_only_recipe(recipe: Recipe) -> Recipe:
 
 def init_qsm_wf(
     run: Run,
-    recipe: Recipe,
+    config: Config,
     *,
-    output_dir: Path,
-    bids_dir: Path,
+    recipe: Recipe | None = None,
     mask_file: str | None = None,
-    reference_mask: str | None = None,
-    phase_sign: str = "auto",
-    registration: bool = True,
     segmentation: Segmentation | None = None,
-    n_procs: int = 1,
+    run_hash: str = "",
+    omp_nthreads: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
     """The full QSM workflow for one run (subject, session, acquisition, run).
@@ -81,28 +80,42 @@ def init_qsm_wf(
     ----------
     run : Run
         The run's files and metadata (from :func:`qsm_bids.bids.layout.find_runs`).
-    recipe : Recipe
-        Algorithm and parameters per stage.
-    output_dir, bids_dir : Path
-        Derivatives root and raw dataset root.
-    mask_file, reference_mask : str, optional
-        A user brain mask replacing the mask stage; a reference region for referencing.
-    phase_sign : {"auto", "1", "-1"}, default "auto"
-        "-1" negates the phase on reading (scanners with the opposite convention);
-        "auto" keeps it and negates the outputs if the map's strong tail is diamagnetic
-        (:func:`qsm_bids.core.sign.check_phase_sign`); where the evidence is weak the check
-        abstains and the sign is kept, with a warning. The check is reported in the
-        sidecars in every mode.
-    registration : bool, default True
-        Register the magnitude to the MNI152NLin2009aSym template, bring the AAL3 atlas into
-        the subject and write regional statistics (runs with magnitude images only).
+    config : Config
+        The run's settings (:mod:`qsm_bids.config`): the derivatives, raw dataset and work
+        folders from ``config.execution``; ``reference_mask``, ``phase_sign`` and
+        ``registration`` from ``config.workflow``:
+
+        - ``phase_sign`` ``"-1"`` negates the phase on reading (scanners with the opposite
+          convention); ``"auto"`` keeps it and negates the outputs if the map's strong tail
+          is diamagnetic (:func:`qsm_bids.core.sign.check_phase_sign`); where the evidence
+          is weak the check abstains and the sign is kept, with a warning. The check is
+          reported in the sidecars in every mode.
+        - ``registration`` registers the magnitude to the MNI152NLin2009aSym template,
+          brings the AAL3 atlas into the subject and writes regional statistics (runs with
+          magnitude images only).
+    recipe : Recipe or None, default None
+        Algorithm and parameters per stage; default ``config.recipe``.
+    mask_file : str or None, default None
+        A user brain mask replacing the mask stage.
     segmentation : Segmentation or None, default None
         A user segmentation in the subject's space (``--segmentation``, checked with
         :func:`qsm_bids.bids.segmentation.check_segmentation`): its regional statistics
-        are written too, with or without ``registration``.
-    n_procs : int, default 1
+        are written too, with or without registration.
+    run_hash : str, default ""
+        A provenance hash of what produced this run's outputs (inputs, recipe, version),
+        written as ``RunHash`` into every sidecar when non-empty.
+    omp_nthreads : int, default 1
         Threads given to each FFT-heavy node.
+    name : str or None, default None
+        Workflow name; default :func:`workflow_name`.
     """
+    recipe = recipe or config.recipe
+    output_dir = Path(config.execution.output_dir).resolve()
+    bids_dir = Path(config.execution.bids_dir).resolve()
+    reference_mask = _resolved(config.workflow.reference_mask)
+    phase_sign = config.workflow.phase_sign
+    registration = config.workflow.registration
+    n_procs = max(1, int(omp_nthreads))
     vol, vol4 = estimate_volume_gb(run)
     if mask_file:
         user = StageChoice("mask", "user_mask", {"mask_file": str(mask_file)})
@@ -218,6 +231,7 @@ def init_qsm_wf(
             output_dir=str(output_dir),
             bids_dir=str(bids_dir),
             provenance=json.dumps(recipe.provenance()),
+            run_hash=run_hash,
         ),
         name="derivatives",
         mem_gb=6 * vol + 0.2,  # the Chimap's streaking index: one FFT of the padded box
@@ -261,6 +275,7 @@ def init_qsm_wf(
             n_procs=n_procs,
             mem_gb=max(1.0, 25 * vol + 0.5),
         )
+        reg_wf.get_node("registration_derivatives").inputs.run_hash = run_hash
         if run.t1w is not None:
             reg_wf.inputs.inputnode.t1w = str(run.t1w)
         wf.connect([
@@ -272,6 +287,7 @@ def init_qsm_wf(
         seg_wf = init_segmentation_wf(
             segmentation, run=run, output_dir=output_dir, bids_dir=bids_dir, mem_gb=2 * vol + 0.3
         )
+        seg_wf.get_node("segmentation_derivatives").inputs.run_hash = run_hash
         wf.connect([
             (sign, seg_wf, [("chi", "inputnode.chi")]),
             (final_mask[0], seg_wf, [(final_mask[1], "inputnode.mask")]),
@@ -292,44 +308,56 @@ def init_qsm_wf(
 
 def init_participant_wf(
     runs: list[Run],
-    recipe: Recipe,
+    config: Config,
     *,
-    output_dir: Path,
-    bids_dir: Path,
-    work_dir: Path,
     mask_files: dict[str, str] | None = None,
-    reference_mask: str | None = None,
-    phase_sign: str = "auto",
-    registration: bool = True,
     segmentations: dict[str, Segmentation] | None = None,
-    n_procs: int = 1,
+    run_hashes: dict[str, str] | None = None,
 ) -> pe.Workflow:
     """All runs' QSM workflows side by side in one workflow, for one nipype execution.
 
-    ``n_procs`` cores are shared: with R runs, each FFT-heavy node gets
-    ``n_procs // min(R, n_procs)`` threads, so R runs can proceed in parallel.
-
-    ``mask_files`` and ``segmentations`` map a run's :attr:`~qsm_bids.bids.layout.Run.name`
-    to a user brain mask and to a user segmentation.
+    Parameters
+    ----------
+    runs : list of Run
+        The runs to process.
+    config : Config
+        The settings (:mod:`qsm_bids.config`); the work folder is
+        ``config.execution.work_dir``. Each FFT-heavy node gets
+        ``config.nipype.omp_nthreads`` threads where that is set (> 0); otherwise the
+        cores (``config.nipype.nprocs``, 0 = all available) are shared: with R runs,
+        ``cores // min(R, cores)`` threads each, so R runs can proceed in parallel.
+    mask_files, segmentations, run_hashes : dict or None, default None
+        Map a run's :attr:`~qsm_bids.bids.layout.Run.name` to a user brain mask, a user
+        segmentation and the provenance hash written into its sidecars (``RunHash``).
     """
-    wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(work_dir))
-    # threads per FFT-heavy node: share the cores between runs that can go side by side
-    threads = max(1, n_procs // max(1, min(len(runs), n_procs)))
+    recipe = config.recipe
+    wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(Path(config.execution.work_dir).resolve()))
+    threads = omp_threads(config, len(runs))
     for run in runs:
-        wf.add_nodes(
-            [
-                init_qsm_wf(
-                    run,
-                    recipe,
-                    output_dir=output_dir,
-                    bids_dir=bids_dir,
-                    mask_file=(mask_files or {}).get(run.name),
-                    reference_mask=reference_mask,
-                    phase_sign=phase_sign,
-                    registration=registration,
-                    segmentation=(segmentations or {}).get(run.name),
-                    n_procs=threads,
-                )
-            ]
+        qsm_wf = init_qsm_wf(
+            run,
+            config,
+            recipe=recipe,
+            mask_file=(mask_files or {}).get(run.name),
+            segmentation=(segmentations or {}).get(run.name),
+            run_hash=(run_hashes or {}).get(run.name, ""),
+            omp_nthreads=threads,
         )
+        wf.add_nodes([qsm_wf])
     return wf
+
+
+def omp_threads(config: Config, n_runs: int) -> int:
+    """Threads per FFT-heavy node: ``config.nipype.omp_nthreads`` when set (> 0), else the
+    cores (``config.nipype.nprocs``, 0 = all available) shared between ``n_runs`` runs
+    that can go side by side."""
+    if config.nipype.omp_nthreads > 0:
+        return int(config.nipype.omp_nthreads)
+    cores = config.nipype.nprocs if config.nipype.nprocs > 0 else len(os.sched_getaffinity(0))
+    cores = max(1, int(cores))
+    return max(1, cores // max(1, min(n_runs, cores)))
+
+
+def _resolved(path: Path | str | None) -> str | None:
+    """``path`` made absolute (nodes run in their own folders), or None."""
+    return str(Path(path).resolve()) if path else None
