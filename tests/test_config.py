@@ -210,3 +210,23 @@ def test_validator_findings_are_warnings_and_never_block(tmp_path, monkeypatch):
     main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "9",
           "--skip-bids-validation"])  # fmt: skip
     assert len(calls) == 2
+
+
+def test_a_modified_recipe_reaches_the_workflow_builder(tmp_path):
+    """run_participant_level(config, recipe=...) with a recipe changed in memory: the
+    builder (which reads config.recipe) gets exactly that recipe."""
+    from dataclasses import replace
+
+    from qsm_bids.cli.participant import build_participant_wf
+    from qsm_bids.recipe import load_recipe
+
+    recipe = load_recipe("fast")
+    inversion = replace(recipe["inversion"], params={**recipe["inversion"].params,
+                                                     "threshold": 0.123})  # fmt: skip
+    modified = replace(recipe, stages={**recipe.stages, "inversion": inversion})
+    config = _config("--pipeline", "fast", "-w", str(tmp_path / "w"))
+    seen = build_participant_wf(lambda runs, c, **kw: c, [], config, modified)
+    assert seen.recipe.provenance() == modified.provenance()
+    assert seen.recipe["inversion"].params["threshold"] == 0.123
+    # an unchanged recipe leaves the config as it is
+    assert build_participant_wf(lambda runs, c, **kw: c, [], config, recipe) is config

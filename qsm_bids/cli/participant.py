@@ -447,20 +447,6 @@ def validate_input(bids_dir: Path) -> None:
         )
 
 
-def software_versions(registration: bool) -> dict[str, str]:
-    """Versions of qsm_bids and the packages the methods text names."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ["nipype", "numpy", "scipy", "nibabel"] + (["antspyx"] if registration else [])
-    found = {"qsm_bids": __version__}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
 def write_boilerplate(
     config: Config, recipe: Recipe, runs: list[Run], log_dir: Path, segs: dict | None = None
 ) -> list[Path]:
@@ -477,11 +463,15 @@ def write_boilerplate(
         segmentation = next(iter(segs.values())).name
     elif config.workflow.segmentation is not None:
         segmentation = config.workflow.segmentation_name or "custom"
+    # the acquisition is stated where every run shares it
+    fields = {round(r.field_strength, 2) for r in runs}
+    echoes = {tuple(round(t, 6) for t in r.echo_times) for r in runs}
     boilerplate = build_boilerplate(
         recipe.provenance(),
         registration=registration,
         segmentation=segmentation,
-        versions=software_versions(registration),
+        field_strength_t=fields.pop() if len(fields) == 1 else None,
+        echo_times_s=list(echoes.pop()) if len(echoes) == 1 else None,
     )
     files = write_citation_files(Path(log_dir), boilerplate)
     for path in files:
