@@ -38,7 +38,7 @@ def test_config_round_trips_through_toml(tmp_path):
     assert config.nipype.mem_mb == 12 * 1024 and config.nipype.omp_nthreads == 2
     assert config.workflow.registration is False and config.workflow.phase_sign == "-1"
     assert config.execution.bids_dir == Path("bids").resolve()  # absolute: rerun from anywhere
-    assert len(config.execution.run_stamp) == len("20260101-120000")
+    assert len(config.execution.run_stamp) == len("20260101-120000_1a2b3c4d")
     path = config.write(tmp_path / "logs")
     assert path.name == f"config-{config.execution.run_stamp}.toml"
     again = Config.from_toml(path)

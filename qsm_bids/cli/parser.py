@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -357,7 +358,9 @@ def config_from_args(ns: argparse.Namespace) -> Config:
     With ``--config-file`` the file gives the settings and the options typed on the command
     line (``ns.explicit``, see :func:`parse_participant_args`; all of them when absent)
     override it. Relative paths are made absolute, ``--bids-filter-file`` is read and
-    checked, and ``execution.run_stamp`` is a new UTC time stamp.
+    checked, and ``execution.run_stamp`` is new: the UTC time and 8 random hexadecimal
+    digits (``20261208-012345_1a2b3c4d``, as fMRIPrep's run id), so that invocations
+    started in the same second (an array job) write their own config and log files.
 
     Raises
     ------
@@ -398,7 +401,7 @@ def config_from_args(ns: argparse.Namespace) -> Config:
         values["nipype"]["mem_mb"] = max(1, int(round(ns.mem_gb * 1024)))
     if typed("verbose"):
         values["nipype"]["verbose_nipype"] = ns.verbose > 1
-    values["execution"]["run_stamp"] = new_run_stamp()
+    values["execution"]["run_stamp"] = f"{new_run_stamp()}_{uuid.uuid4().hex[:8]}"
     values = {k: {n: v for n, v in d.items() if v is not None} for k, d in values.items()}
     if config_file is not None:
         config = Config.from_toml(Path(config_file).expanduser().resolve(), overrides=values)

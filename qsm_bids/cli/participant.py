@@ -162,7 +162,7 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     before anything is written.
 
     The config is written to ``OUTPUT_DIR/logs/config-<run_stamp>.toml`` and the log to
-    ``OUTPUT_DIR/logs/qsm_bids_<run_stamp>_<pid>.log``; the methods text to
+    ``OUTPUT_DIR/logs/qsm_bids_<run_stamp>.log``; the methods text to
     ``OUTPUT_DIR/logs/CITATION.md`` and ``.bib``. Every run's derivatives record its
     :func:`~qsm_bids.bids.provenance.run_hash`; derivatives of an earlier run with another
     hash are removed before the run starts, and a run counts as succeeded only when its
@@ -511,15 +511,16 @@ def write_bidsignore(output_dir: Path) -> None:
 
 def attach_log_file(output_dir: Path, stamp: str = "") -> Path:
     """Send every qsm_bids message of this invocation (debug level) to a log file in
-    ``OUTPUT_DIR/logs/``, named by ``stamp`` (the config's ``run_stamp``; default: now)
-    and the process id so that concurrent invocations (one participant each, e.g. an
-    array job) do not share a file."""
+    ``OUTPUT_DIR/logs/``: ``qsm_bids_<stamp>.log`` (the config's ``run_stamp``), or
+    without one ``qsm_bids_<time>_<pid>.log``, so that concurrent invocations (one
+    participant each, e.g. an array job) do not share a file."""
     import sys
 
     folder = output_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = stamp or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    path = folder / f"qsm_bids_{stamp}_{os.getpid()}.log"
+    if not stamp:
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}_{os.getpid()}"
+    path = folder / f"qsm_bids_{stamp}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.DEBUG)
