@@ -108,6 +108,20 @@ def test_a_regional_table_skipped_on_purpose_is_recognised(tiny, tmp_path):
     assert "slab" in regional_statistics_skipped(out, run)
 
 
+def test_a_skipped_regional_table_is_not_reported_missing(tiny, tmp_path):
+    from qsm_bids.cli.participant import missing_tables
+
+    (run,) = find_runs(tiny)
+    out = tmp_path / "out"
+    anat = out / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    assert missing_tables(out, run, True, {}) == ["registration/regional statistics"]
+    assert missing_tables(out, run, False, {}) == []
+    xfm = anat / "sub-01_from-orig_to-MNI152NLin2009aSym_mode-image_xfm.json"
+    xfm.write_text(json.dumps({"RegionalStatistics": "skipped: template overlap 0.41 < 0.7"}))
+    assert missing_tables(out, run, True, {}) == []
+
+
 def _has_run_hashes() -> bool:
     """Whether the workflow builders record RunHash (branch 'pipeline')."""
     import inspect
