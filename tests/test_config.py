@@ -228,5 +228,6 @@ def test_a_modified_recipe_reaches_the_workflow_builder(tmp_path):
     seen = build_participant_wf(lambda runs, c, **kw: c, [], config, modified)
     assert seen.recipe.provenance() == modified.provenance()
     assert seen.recipe["inversion"].params["threshold"] == 0.123
+    assert seen.with_updates("nipype", nprocs=1).recipe is modified  # copies keep it
     # an unchanged recipe leaves the config as it is
     assert build_participant_wf(lambda runs, c, **kw: c, [], config, recipe) is config

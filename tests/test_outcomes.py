@@ -217,3 +217,27 @@ def test_reports_only_rewrites_the_report_without_running(tiny, tmp_path, capsys
     assert main([str(tiny), str(out), "participant", "--reports-only",
                  "--participant-label", "02"]) == 2  # fmt: skip
     assert "no outputs of participant(s) 02" in capsys.readouterr().err
+
+
+@needs_run_hash
+def test_a_modified_recipe_runs_and_its_config_repeats_it(tmp_path):
+    from dataclasses import replace
+
+    from qsm_bids.cli.participant import run_participant_level
+    from qsm_bids.config import Config
+
+    bids = _tiny_bids(tmp_path / "bids")
+    recipe = load_recipe("fast")
+    inversion = replace(recipe["inversion"], params={**recipe["inversion"].params,
+                                                     "threshold": 0.123})  # fmt: skip
+    modified = replace(recipe, stages={**recipe.stages, "inversion": inversion})
+    out = tmp_path / "out"
+    config = config_from_args(parse_participant_args([
+        str(bids), str(out), "participant", "--pipeline", "fast", "--no-registration",
+        "--skip-bids-validation", "-w", str(tmp_path / "w")]))  # fmt: skip
+    result = run_participant_level(config, recipe=modified)
+    assert [r.name for r in result.succeeded] == ["sub-01"]
+    side = json.loads((out / "sub-01" / "anat" / "sub-01_Chimap.json").read_text())
+    assert side["Stages"]["inversion"]["Parameters"]["threshold"] == 0.123
+    (written,) = (out / "logs").glob("config-*.toml")
+    assert Config.from_toml(written).recipe.provenance() == modified.provenance()

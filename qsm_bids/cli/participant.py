@@ -13,7 +13,11 @@ import nibabel as nb
 import numpy as np
 
 from qsm_bids import __version__
-from qsm_bids.bids.derivatives import derivative_path, write_dataset_description
+from qsm_bids.bids.derivatives import (
+    derivative_path,
+    write_dataset_description,
+    write_text_atomic,
+)
 from qsm_bids.bids.layout import FIELD_STRENGTH_MISMATCH, Run, find_runs, validate_output_dir
 from qsm_bids.cli.plugins import (
     check_plugin,
@@ -270,7 +274,12 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     work_dir.mkdir(parents=True, exist_ok=True)
     write_bidsignore(output_dir)
     log_path = attach_log_file(output_dir, stamp=ex.run_stamp)
-    config_path = config.write(output_dir / "logs")
+    written = config
+    if recipe.provenance() != config.recipe.provenance():  # a caller's modified recipe
+        path = write_text_atomic(output_dir / "logs" / f"recipe-{ex.run_stamp}.toml",
+                                 recipe_to_toml(recipe))  # fmt: skip
+        written = config.with_updates("workflow", pipeline=str(path))
+    config_path = written.write(output_dir / "logs")
     log.info("qsm_bids %s; log file %s; settings %s", __version__, log_path, config_path)
     write_boilerplate(config, recipe, runs, output_dir / "logs", segs)
     for run in runs:  # console and log file
@@ -347,18 +356,30 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     return result
 
 
-def build_participant_wf(builder, runs, config, recipe, **kwargs):
-    """``builder(runs, config, **kwargs)`` (:func:`qsm_bids.pipeline.base.init_participant_wf`)
-    with ``recipe`` in place of ``config.recipe`` where it differs (a caller's modified
-    recipe): the builder reads the recipe from the config, so the config names a copy of
-    it written to the work folder."""
-    if recipe.provenance() != config.recipe.provenance():
-        path = Path(config.execution.work_dir) / f"recipe-{config.execution.run_stamp}.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from qsm_bids.bids.derivatives import write_text_atomic
+@dataclass(frozen=True)
+class PinnedRecipeConfig(Config):
+    """A :class:`~qsm_bids.config.Config` whose ``recipe`` is a given
+    :class:`~qsm_bids.recipe.Recipe` (a caller's modified one) instead of the one that
+    ``workflow.pipeline`` names; copies made with ``with_updates`` keep it."""
 
-        write_text_atomic(path, recipe_to_toml(recipe))
-        config = config.with_updates("workflow", pipeline=str(path))
+    pinned_recipe: Recipe | None = None
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.pinned_recipe if self.pinned_recipe is not None else super().recipe
+
+
+def build_participant_wf(builder, runs, config, recipe, **kwargs):
+    """``builder(runs, config, **kwargs)`` (:func:`qsm_bids.pipeline.base.init_participant_wf`,
+    which reads ``config.recipe``) with ``recipe`` as the config's recipe where it differs
+    from the one ``workflow.pipeline`` names."""
+    if recipe.provenance() != config.recipe.provenance():
+        config = PinnedRecipeConfig(
+            execution=config.execution,
+            workflow=config.workflow,
+            nipype=config.nipype,
+            pinned_recipe=recipe,
+        )
     return builder(runs, config, **kwargs)
 
 
