@@ -144,7 +144,7 @@ def test_t1w_path_through_the_registration_workflow(dataset):
     assert motion > 1.0 and err.mean() < 0.5 and err.max() < 1.0, (motion, err.mean())
 
     # (3) the atlas in GRE space vs the true labels (reached 0.84, 0.80, 0.89)
-    dseg = nb.load(anat_out / "sub-01_space-orig_dseg.nii.gz")
+    dseg = nb.load(anat_out / "sub-01_desc-aal3_dseg.nii.gz")
     assert np.allclose(dseg.affine, mag_img.affine, atol=1e-4)
     dice = _deep_grey_dice(np.asarray(dseg.dataobj), labels)
     print("Dice via T1w", dice)

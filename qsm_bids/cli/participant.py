@@ -15,7 +15,9 @@ import numpy as np
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import (
     derivative_path,
+    write_bidsignore,
     write_dataset_description,
+    write_readme,
     write_text_atomic,
 )
 from qsm_bids.bids.layout import FIELD_STRENGTH_MISMATCH, Run, find_runs, validate_output_dir
@@ -273,6 +275,7 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     write_dataset_description(output_dir, version=__version__, source_dir=bids_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     write_bidsignore(output_dir)
+    write_readme(output_dir)
     log_path = attach_log_file(output_dir, stamp=ex.run_stamp)
     written = config
     if recipe.provenance() != config.recipe.provenance():  # a caller's modified recipe
@@ -514,20 +517,6 @@ def run_boilerplate_only(config: Config) -> list[Path]:
         bids_filters=ex.bids_filters,
     )
     return write_boilerplate(config, config.recipe, runs, output_dir / "logs")
-
-
-#: files in OUTPUT_DIR that are not BIDS derivatives, for the BIDS validator
-BIDSIGNORE = ("logs/", "group/", "sub-*.html", "sub-*/figures/")
-
-
-def write_bidsignore(output_dir: Path) -> None:
-    """Create ``OUTPUT_DIR/.bidsignore`` once (exclusive create: concurrent runs are safe)."""
-    try:
-        fd = os.open(output_dir / ".bidsignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(BIDSIGNORE) + "\n")
 
 
 def attach_log_file(output_dir: Path, stamp: str = "") -> Path:

@@ -39,6 +39,20 @@ OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
     "t2star": ("T2starmap", None, "s", False, ("mask", "r2star")),
 }
 
+#: input name -> the sidecar's ``Description`` (what the image is, in words)
+DESCRIPTIONS: dict[str, str] = {
+    "chi": "Magnetic susceptibility (ppm) from the dipole inversion of the local field, "
+    "relative to the reference of Stages.reference",
+    "mask": "Brain mask the phase was unwrapped and the field fitted in",
+    "local_mask": "Mask of the local field and of the susceptibility map: the brain mask "
+    "after background field removal (eroded where the method needs it)",
+    "total_field": "Total field offset (Hz) fitted over the echoes from the unwrapped phase, "
+    "background fields included; not a field map for distortion correction",
+    "local_field": "Local (tissue) field offset (Hz): the total field after background field "
+    "removal",
+    "r2star": "Apparent transverse relaxation rate R2* (1/s) fitted to the echo magnitudes",
+    "t2star": "Apparent transverse relaxation time T2* (s), 1/R2*",
+}
 
 #: outputs that change sign with the phase convention (chi comes already corrected from
 #: :class:`qsm_bids.interfaces.sign.CheckPhaseSign`)
@@ -139,6 +153,8 @@ class WriteDerivatives(SimpleInterface):
                 units=units or None,
                 skull_stripped=True,
                 provenance=provenance,
+                description=DESCRIPTIONS[key],
+                spatial_reference=run.phase_files[0],  # native: the grid of the echo images
             )
             if is_mask:
                 sidecar["Type"] = "Brain"

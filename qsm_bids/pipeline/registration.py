@@ -179,7 +179,7 @@ def init_segmentation_wf(
         Memory estimate of each node.
     run, output_dir, bids_dir : optional
         When ``run`` is given, a :class:`WriteSegmentationDerivatives` node writes
-        ``<prefix>_space-orig_desc-<name>_dseg.nii.gz`` (+ ``.json``, ``.tsv``) and
+        ``<prefix>_desc-<name>_dseg.nii.gz`` (+ ``.json``, ``.tsv``) and
         ``<prefix>_desc-<name>_regionstats.tsv`` (+ ``.json``) into ``output_dir``.
     name : str or None, default None
         Workflow name; default ``segmentation_<name>_wf``.
