@@ -241,3 +241,22 @@ def test_a_modified_recipe_runs_and_its_config_repeats_it(tmp_path):
     assert side["Stages"]["inversion"]["Parameters"]["threshold"] == 0.123
     (written,) = (out / "logs").glob("config-*.toml")
     assert Config.from_toml(written).recipe.provenance() == modified.provenance()
+
+
+def test_a_phase_sidecar_without_units_runs_with_a_validator_warning(tmp_path, capsys):
+    """dcm2niix writes phase sidecars without ``Units``: the validator calls it an error,
+    the app runs and says so, naming the file."""
+    validate = pytest.importorskip("qsm_bids.bids.validate")
+    if validate.find_validator() is None:
+        pytest.skip("bids-validator-deno is not installed")
+    bids = _tiny_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--pipeline", "fast", "--no-registration",
+                 "-w", str(tmp_path / "w")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    warned = [ln for ln in err.splitlines() if "SIDECAR_KEY_REQUIRED" in ln]
+    assert any("sub-01_echo-1_part-phase_MEGRE" in ln for ln in warned)
+    assert "runs anyway" in err
+    (log_file,) = (out / "logs").glob("qsm_bids_*.log")
+    assert "BIDS validator warning" in log_file.read_text()  # every finding in the log

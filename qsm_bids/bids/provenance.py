@@ -230,7 +230,7 @@ def regional_statistics_skipped(output_dir: Path, run: Run) -> str | None:
     folder = anat_dir(output_dir, run)
     if not folder.is_dir():
         return None
-    for path in sorted(folder.glob("*_from-orig_to-*_mode-image_xfm.json")):
+    for path in sorted(folder.glob("*_from-orig_to-*_xfm.json")):
         if not _belongs_to(path.name, entities):
             continue
         try:

@@ -197,8 +197,7 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     validate_output_dir(bids_dir, output_dir)
     check_plugin(npp.plugin)
     seed_random(ex.random_seed)
-    if not ex.skip_bids_validation:
-        validate_input(bids_dir)
+    findings = [] if ex.skip_bids_validation else validate_input(bids_dir)
     invalid: dict[str, str] = {}  # run name -> reason; dataset-level problems still raise
     runs = find_runs(
         bids_dir,
@@ -285,6 +284,8 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     config_path = written.write(output_dir / "logs")
     log.info("qsm_bids %s; log file %s; settings %s", __version__, log_path, config_path)
     write_boilerplate(config, recipe, runs, output_dir / "logs", segs)
+    for line in findings:  # the log file only (debug level)
+        log.debug("%s", line)
     for run in runs:  # console and log file
         log.info(
             "%s: field strength %.4f T from %s; RunHash %s",
@@ -433,35 +434,47 @@ def seed_random(seed: int | None) -> None:
     log.debug("random seed %d (numpy, ANTS_RANDOM_SEED)", seed)
 
 
-#: validator findings of one code logged one by one before they are counted
+#: validator errors of one code logged one by one on the console before they are counted
 _MAX_FINDINGS_PER_CODE = 10
 
 
-def validate_input(bids_dir: Path) -> None:
-    """Run the BIDS validator on the input and log every finding as a warning naming the
-    file. Never blocks: the app's own checks decide what it cannot process (a phase
-    sidecar without ``Units``, as dcm2niix writes it, is only a warning here)."""
+def validate_input(bids_dir: Path) -> list[str]:
+    """Run the BIDS validator on the input; never blocks (the app's own checks decide what
+    it cannot process: a phase sidecar without ``Units``, as dcm2niix writes it, is only a
+    warning here).
+
+    The console gets every validator *error* as a warning naming the file (up to
+    :data:`_MAX_FINDINGS_PER_CODE` per code, then a count) and one line per code of its
+    *warnings* (mostly recommended keys). Returns every finding, one line each, for the
+    log file (attached once the inputs have passed the app's checks).
+    """
     try:
         from qsm_bids.bids.validate import validate_dataset
     except ImportError:
         log.warning("BIDS validation skipped: the validator module is not available")
-        return
+        return []
     try:
         result = validate_dataset(bids_dir)
     except QSMInputError as exc:
         log.warning("BIDS validation skipped: %s", exc)
-        return
-    counts: dict[str, int] = {}
+        return []
+    details = []
     for kind, issues in (("error", result.errors), ("warning", result.warnings)):
         for issue in issues:
-            counts[issue.code] = counts.get(issue.code, 0) + 1
-            if counts[issue.code] <= _MAX_FINDINGS_PER_CODE:
-                log.warning(
-                    "BIDS validator %s %s: %s: %s", kind, issue.code, issue.location, issue.message
-                )
+            details.append(f"BIDS validator {kind} {issue.code}: {issue.location}: {issue.message}")
+    counts: dict[str, int] = {}
+    for issue in result.errors:
+        counts[issue.code] = counts.get(issue.code, 0) + 1
+        if counts[issue.code] <= _MAX_FINDINGS_PER_CODE:
+            message = " ".join(str(issue.message).split())
+            message = message if len(message) <= 160 else message[:157] + "..."
+            log.warning("BIDS validator error %s: %s: %s", issue.code, issue.location, message)
     for code, n in counts.items():
         if n > _MAX_FINDINGS_PER_CODE:
-            log.warning("BIDS validator: %d more %s finding(s)", n - _MAX_FINDINGS_PER_CODE, code)
+            log.warning("BIDS validator: %d more %s error(s)", n - _MAX_FINDINGS_PER_CODE, code)
+    for line in result.summary_lines():
+        if line.startswith("warning"):
+            log.info("BIDS validator %s", line)
     if result.errors:
         log.warning(
             "the BIDS validator found %d error(s) in %s; qsm_bids runs anyway (its own "
@@ -469,6 +482,9 @@ def validate_input(bids_dir: Path) -> None:
             len(result.errors),
             bids_dir,
         )
+    else:
+        log.info("BIDS validator: no errors in %s", bids_dir)
+    return details
 
 
 def write_boilerplate(
