@@ -260,3 +260,39 @@ def test_a_phase_sidecar_without_units_runs_with_a_validator_warning(tmp_path, c
     assert "runs anyway" in err
     (log_file,) = (out / "logs").glob("qsm_bids_*.log")
     assert "BIDS validator warning" in log_file.read_text()  # every finding in the log
+
+
+@needs_run_hash
+def test_the_written_config_repeats_the_run(finished, tmp_path):
+    import nibabel as nb
+    import numpy as np
+
+    bids, done, _ = finished
+    (config,) = (done / "logs").glob("config-*.toml")
+    out = tmp_path / "again"
+    assert main([str(bids), str(out), "participant", "--config-file", str(config)]) == 0
+    anat, first = out / "sub-01" / "anat", done / "sub-01" / "anat"
+    side = json.loads((anat / "sub-01_Chimap.json").read_text())
+    assert side["RunHash"] == json.loads((first / "sub-01_Chimap.json").read_text())["RunHash"]
+    np.testing.assert_array_equal(
+        nb.load(anat / "sub-01_Chimap.nii.gz").get_fdata(),
+        nb.load(first / "sub-01_Chimap.nii.gz").get_fdata(),
+    )
+
+
+@needs_run_hash
+def test_reports_only_rewrites_a_deleted_report(finished, tmp_path):
+    bids, done, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    (out / "sub-01.html").unlink()
+    logs = sorted((out / "logs").iterdir())
+    code = main([str(bids), str(out), "participant", "--reports-only", "-w",
+                 str(tmp_path / "w")])  # fmt: skip
+    assert code == 0
+    import re
+
+    figures = re.findall(r'src="([^"]+\.(?:png|svg))"', (out / "sub-01.html").read_text())
+    assert figures and all((out / f).is_file() for f in figures)  # drawn from the outputs
+    assert sorted((out / "logs").iterdir()) == logs  # no run: no new config or log
+    assert not (tmp_path / "w").exists()
