@@ -126,13 +126,13 @@ def cmd_participant(ns) -> int:
     config = config_from_args(ns)
     ex = config.execution
     setup_logging(ex.verbose, quiet=ex.quiet)
-    config.recipe  # noqa: B018 (an unknown or invalid recipe is an error before anything)
+    recipe = config.recipe  # an unknown or invalid recipe is an error before anything else
     if ex.boilerplate_only:
         files = run_boilerplate_only(config)
         return 0 if files else 1
     if ex.reports_only:
         return reports_only(config)
-    result = run_participant_level(config)
+    result = run_participant_level(config, recipe=recipe)
     for run in result.succeeded:
         log.info("finished %s", run.name)
     for name, reason in result.failed.items():
