@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from qsm_bids.bids.layout import find_runs
 from qsm_bids.cli.main import main
 from qsm_bids.cli.parser import config_from_args, parse_participant_args
 from qsm_bids.config import Config
@@ -213,21 +214,26 @@ def test_validator_findings_are_warnings_and_never_block(tmp_path, monkeypatch):
 
 
 def test_a_modified_recipe_reaches_the_workflow_builder(tmp_path):
-    """run_participant_level(config, recipe=...) with a recipe changed in memory: the
-    builder (which reads config.recipe) gets exactly that recipe."""
+    """init_participant_wf(..., recipe=...) with a recipe changed in memory: the nodes get
+    exactly that recipe's parameters, not those of the file the config names."""
     from dataclasses import replace
 
-    from qsm_bids.cli.participant import build_participant_wf
+    from qsm_bids.pipeline.base import init_participant_wf
     from qsm_bids.recipe import load_recipe
+    from qsm_bids.simulate.dataset import simulate_dataset
 
+    bids = simulate_dataset(tmp_path / "bids", subjects=1, resolution_mm=6.0, phantom="ideal")
     recipe = load_recipe("fast")
     inversion = replace(recipe["inversion"], params={**recipe["inversion"].params,
                                                      "threshold": 0.123})  # fmt: skip
     modified = replace(recipe, stages={**recipe.stages, "inversion": inversion})
     config = _config("--pipeline", "fast", "-w", str(tmp_path / "w"))
-    seen = build_participant_wf(lambda runs, c, **kw: c, [], config, modified)
-    assert seen.recipe.provenance() == modified.provenance()
-    assert seen.recipe["inversion"].params["threshold"] == 0.123
-    assert seen.with_updates("nipype", nprocs=1).recipe is modified  # copies keep it
-    # an unchanged recipe leaves the config as it is
-    assert build_participant_wf(lambda runs, c, **kw: c, [], config, recipe) is config
+    config = config.with_updates("execution", bids_dir=bids, output_dir=tmp_path / "out")
+    runs = find_runs(bids)
+    for chosen, expected in ((modified, 0.123), (None, recipe["inversion"].params["threshold"])):
+        wf = init_participant_wf(runs, config, recipe=chosen)
+        params = [
+            n.inputs.params for n in wf._get_all_nodes()
+            if n.name == "invert" and "threshold" in (n.inputs.params or {})
+        ]  # fmt: skip
+        assert params and all(p["threshold"] == expected for p in params)

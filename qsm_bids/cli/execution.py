@@ -237,7 +237,7 @@ class ResilientMultiProcPlugin(MultiProcPlugin):
             return None
         death = WorkerDeath(node=node.fullname, pid=pid or -1, exitcode=code)
         self.deaths.append(death)
-        text = f"WorkerDied: {death.describe()} ({type(exc).__name__}: {exc})\n"
+        text = f"WorkerDiedError: {death.describe()} ({type(exc).__name__}: {exc})\n"
         log.error("%s", text.strip())
         return {"result": None, "traceback": [text], "taskid": taskid}
 

@@ -133,6 +133,20 @@ def cmd_participant(ns) -> int:
     if ex.reports_only:
         return reports_only(config)
     result = run_participant_level(config, recipe=recipe)
+    if result.signal is not None:
+        from qsm_bids.cli.execution import signal_name
+
+        for name, reason in result.failed.items():
+            log.error("STOPPED %s: %s", name, reason)
+        log.error(
+            "qsm-bids: stopped by %s after %.0f s (%d run(s) finished; summary %s); rerun "
+            "the same command to resume",
+            signal_name(result.signal),
+            result.seconds,
+            len(result.succeeded),
+            result.summary,
+        )
+        return 128 + result.signal
     for run in result.succeeded:
         log.info("finished %s", run.name)
     for name, reason in result.failed.items():
@@ -140,11 +154,12 @@ def cmd_participant(ns) -> int:
     for name, reason in result.invalid.items():
         log.error("SKIPPED %s (bad input): %s", name, reason)
     log.info(
-        "%d of %d run(s) succeeded in %.0f s; outputs in %s",
+        "%d of %d run(s) succeeded in %.0f s; outputs in %s; summary %s",
         len(result.succeeded),
         len(result.succeeded) + len(result.failed) + len(result.invalid),
         result.seconds,
         Path(ex.output_dir).resolve(),
+        result.summary,
     )
     subjects = {r.subject for r in result.succeeded}
     subjects |= {n.split("_")[0].removeprefix("sub-") for n in [*result.failed, *result.invalid]}

@@ -17,10 +17,12 @@ from qsm_bids.bids.derivatives import (
     derivative_path,
     write_bidsignore,
     write_dataset_description,
+    write_json_atomic,
     write_readme,
     write_text_atomic,
 )
 from qsm_bids.bids.layout import FIELD_STRENGTH_MISMATCH, Run, find_runs, validate_output_dir
+from qsm_bids.cli.execution import run_workflow, signal_name
 from qsm_bids.cli.plugins import (
     check_plugin,
     plugin_settings,
@@ -44,6 +46,10 @@ class ParticipantResult:
     invalid: dict[str, str] = field(default_factory=dict)  # run name -> input error, not run
     incomplete: dict[str, str] = field(default_factory=dict)  # run name -> what is missing
     seconds: float = 0.0
+    #: the signal (SIGTERM, SIGINT) that stopped the run, if one did
+    signal: int | None = None
+    #: ``logs/summary-<stamp>.json``: every run's outcome and reason
+    summary: Path | None = None
 
 
 def _spatial_shape(img) -> tuple[int, ...]:
@@ -264,10 +270,9 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
         omp_nthreads=min(npp.omp_nthreads, cores),
         mem_mb=max(1, int(round(mem * 1024))),
     ).with_updates("execution", bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir)
-    wf = build_participant_wf(
-        init_participant_wf, runs, built, recipe, mask_files=masks, segmentations=segs,
-        run_hashes=hashes,
-    )  # fmt: skip
+    wf = init_participant_wf(
+        runs, built, recipe=recipe, mask_files=masks, segmentations=segs, run_hashes=hashes
+    )
     check_memory(wf, runs, mem)
     check_disk(output_dir, work_dir, runs)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -335,21 +340,30 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
     # nipype's MultiProc loop calls gc.collect() before every submission and after every
     # node; with pybids and nipype loaded each full collection walks about a million
     # objects (0.1 s of a core). Objects alive now are moved out of the collector's reach.
+    started = time.time()
     gc.freeze()
     try:
-        wf.run(plugin=npp.plugin, plugin_args=settings)
-    except RuntimeError as exc:
-        log.debug("nipype reported: %s", exc)
+        outcome = run_workflow(wf, npp.plugin, settings)
     finally:
         gc.unfreeze()
-    if tag is not None:
+    if tag is not None and not outcome.interrupted:
         log.info("waiting for the SLURM jobs of this run (comment %s)", tag)
         wait_for_slurm_jobs(tag)
 
-    result = ParticipantResult(seconds=time.monotonic() - start, invalid=invalid)
+    result = ParticipantResult(
+        seconds=time.monotonic() - start, invalid=invalid, signal=outcome.signal
+    )
     for run in runs:
         if not outputs_match(output_dir, run, hashes[run.name]):
-            result.failed[run.name] = summarise_crash(crash_dir, run)
+            if outcome.interrupted:
+                reason = (
+                    f"stopped by {signal_name(outcome.signal)} before it finished; the "
+                    f"finished steps are kept in {work_dir}: rerun the same command to resume"
+                )
+            else:
+                reason = summarise_crash(crash_dir, run, since=started)
+                reason += disk_note(output_dir, work_dir)
+            result.failed[run.name] = reason
             continue
         result.succeeded.append(run)
         missing = missing_tables(output_dir, run, wfs.registration, segs)
@@ -357,34 +371,51 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
             reason = summarise_crash(crash_dir, run)
             result.incomplete[run.name] = f"no {' and no '.join(missing)}: {reason}"
             log.warning("%s: the QSM maps are written, but %s", run.name, reason)
+    result.summary = write_summary(output_dir / "logs", ex.run_stamp, result, outcome)
     return result
 
 
-@dataclass(frozen=True)
-class PinnedRecipeConfig(Config):
-    """A :class:`~qsm_bids.config.Config` whose ``recipe`` is a given
-    :class:`~qsm_bids.recipe.Recipe` (a caller's modified one) instead of the one that
-    ``workflow.pipeline`` names; copies made with ``with_updates`` keep it."""
+def write_summary(log_dir: Path, stamp: str, result: ParticipantResult, outcome) -> Path | None:
+    """``logs/summary-<stamp>.json``: each run's status (succeeded, incomplete, failed,
+    invalid) with its reason, the signal that stopped the run and the workers that died.
+    A summary that cannot be written (a full disk) is logged, not raised."""
+    from qsm_bids.cli.execution import signal_name
 
-    pinned_recipe: Recipe | None = None
+    runs = {run.name: {"Status": "succeeded"} for run in result.succeeded}
+    for name, reason in result.incomplete.items():
+        runs[name] = {"Status": "incomplete", "Reason": reason}
+    for name, reason in result.failed.items():
+        runs[name] = {"Status": "failed", "Reason": reason}
+    for name, reason in result.invalid.items():
+        runs[name] = {"Status": "invalid", "Reason": reason}
+    summary = {
+        "Runs": runs,
+        "Seconds": round(result.seconds, 1),
+        "Signal": signal_name(result.signal) if result.signal else None,
+        "WorkerDeaths": [death.describe() for death in outcome.deaths],
+        "Error": outcome.error,
+    }
+    try:
+        return write_json_atomic(log_dir / f"summary-{stamp}.json", summary)
+    except OSError as exc:
+        log.error("the run summary could not be written: %s", exc)
+        return None
 
-    @property
-    def recipe(self) -> Recipe:
-        return self.pinned_recipe if self.pinned_recipe is not None else super().recipe
 
+def disk_note(*folders: Path) -> str:
+    """``"; the disk of <folder> is full (N MB free)"`` for each folder with less than
+    64 MB free (a full disk can keep nipype from writing its own crash files), else ``""``."""
+    import shutil
 
-def build_participant_wf(builder, runs, config, recipe, **kwargs):
-    """``builder(runs, config, **kwargs)`` (:func:`qsm_bids.pipeline.base.init_participant_wf`,
-    which reads ``config.recipe``) with ``recipe`` as the config's recipe where it differs
-    from the one ``workflow.pipeline`` names."""
-    if recipe.provenance() != config.recipe.provenance():
-        config = PinnedRecipeConfig(
-            execution=config.execution,
-            workflow=config.workflow,
-            nipype=config.nipype,
-            pinned_recipe=recipe,
-        )
-    return builder(runs, config, **kwargs)
+    notes = []
+    for folder in dict.fromkeys(folders):
+        try:
+            free = shutil.disk_usage(_existing_ancestor(folder)).free
+        except OSError:
+            continue
+        if free < 64 * 1024**2:
+            notes.append(f"; the disk of {folder} is full ({free / 1024**2:.1f} MB free)")
+    return "".join(notes)
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
@@ -625,13 +656,17 @@ def quiet_nipype(verbose: bool = False) -> None:
     nlogging.update_logging(config)
 
 
-def summarise_crash(crash_dir: Path, run: Run) -> str:
-    """One readable line about why a run failed, with the crash file's path."""
+def summarise_crash(crash_dir: Path, run: Run, *, since: float = 0.0) -> str:
+    """One readable line about why a run failed, with the crash file's path; only crash
+    files written after ``since`` (seconds since the epoch: this invocation's) count."""
     from qsm_bids.pipeline.base import workflow_name
 
     key = workflow_name(run)
     files = (
-        sorted(crash_dir.glob("crash-*.txt"), key=lambda p: p.stat().st_mtime)
+        sorted(
+            (p for p in crash_dir.glob("crash-*.txt") if p.stat().st_mtime >= since - 1),
+            key=lambda p: p.stat().st_mtime,
+        )
         if crash_dir.is_dir()
         else []
     )
@@ -640,7 +675,7 @@ def summarise_crash(crash_dir: Path, run: Run) -> str:
         if key not in text:
             continue
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln and ":" in ln]
+        errors = [ln for ln in lines if ("Error" in ln or "WorkerDied" in ln) and ":" in ln]
         reason = errors[-1] if errors else lines[-1]
         return f"{reason} (details: {path})"
     return "no output was written (see the log above)"

@@ -252,6 +252,7 @@ def init_participant_wf(
     runs: list[Run],
     config: Config,
     *,
+    recipe: Recipe | None = None,
     mask_files: dict[str, str] | None = None,
     segmentations: dict[str, Segmentation] | None = None,
     run_hashes: dict[str, str] | None = None,
@@ -268,11 +269,13 @@ def init_participant_wf(
         ``config.nipype.omp_nthreads`` threads where that is set (> 0); otherwise the
         cores (``config.nipype.nprocs``, 0 = all available) are shared: with R runs,
         ``cores // min(R, cores)`` threads each, so R runs can proceed in parallel.
+    recipe : Recipe or None, default None
+        The recipe; default ``config.recipe`` (a caller's modified recipe otherwise).
     mask_files, segmentations, run_hashes : dict or None, default None
         Map a run's :attr:`~qsm_bids.bids.layout.Run.name` to a user brain mask, a user
         segmentation and the provenance hash written into its sidecars (``RunHash``).
     """
-    recipe = config.recipe
+    recipe = recipe or config.recipe
     wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(Path(config.execution.work_dir).resolve()))
     threads = omp_threads(config, len(runs))
     for run in runs:
