@@ -151,6 +151,9 @@ def test_registration_workflow_on_phantom(subject, tmp_path):
     xfm = json.loads((anat_out / f"sub-01_from-orig_to-{TEMPLATE_SPACE}_mode-image_xfm.json")
                      .read_text())  # fmt: skip
     assert xfm["FromTemplateToOrig"]["Invert"] == [True, False]
+    quality = xfm["RegistrationQuality"]
+    assert quality["Passed"] is True and quality["Dice"] > 0.9 and quality["Coverage"] > 0.97
+    assert xfm["RegionalStatistics"] == "written"
     assert all((anat_out / f).exists() for f in xfm["FromOrigToTemplate"]["Transforms"])
 
     # (1) atlas in subject space vs the true segmentation (AAL3 left/right merged)

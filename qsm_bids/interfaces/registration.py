@@ -9,6 +9,7 @@ BIDS derivatives atomically.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import replace
@@ -37,6 +38,7 @@ from qsm_bids.core.regionstats import COLUMNS, region_statistics
 from qsm_bids.interfaces.base import read_mask, read_volume, write_like
 from qsm_bids.interfaces.load import run_from_json
 
+log = logging.getLogger("qsm_bids")
 #: ``space-`` label of the subject (GRE) space in derivative names.
 ORIG_SPACE = "orig"
 
@@ -175,6 +177,44 @@ class RegisterToTemplate(SimpleInterface):
         path.write_text(result.to_json())
         self._results["xfm_json"] = str(path)
         self._results["transforms"] = list(result.files)
+        return runtime
+
+
+class _QualityInputSpec(BaseInterfaceInputSpec):
+    mask = File(exists=True, mandatory=True, desc="the subject's brain mask (its grid: the FOV)")
+    xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
+    num_threads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _QualityOutputSpec(TraitedSpec):
+    quality_json = File(exists=True, desc="RegistrationQuality.to_dict() as JSON")
+    passed = traits.Bool(desc="every measure reached its threshold")
+
+
+class MeasureRegistrationQuality(SimpleInterface):
+    """Dice of the warped template brain mask with the subject's mask, the fraction of the
+    template brain inside the field of view, and the brain volume ratio
+    (:func:`qsm_bids.registration.quality.measure_registration_quality`)."""
+
+    input_spec = _QualityInputSpec
+    output_spec = _QualityOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.quality import measure_registration_quality
+        from qsm_bids.registration.template import load_template_mask
+
+        result = _result(self.inputs.xfm_json)
+        reg_res = float(result.parameters.get("RegistrationResolutionMM", 2.0))
+        quality = measure_registration_quality(
+            self.inputs.mask,
+            result,
+            load_template_mask(reg_res),
+            threads=int(self.inputs.num_threads),
+        )
+        path = Path(runtime.cwd) / "registration_quality.json"
+        path.write_text(json.dumps(quality.to_dict(), indent=2))
+        self._results["quality_json"] = str(path)
+        self._results["passed"] = quality.passed
         return runtime
 
 
@@ -324,6 +364,10 @@ class _WriteRegInputSpec(BaseInterfaceInputSpec):
     dseg_subject = File(exists=True, mandatory=True, desc="AAL3 in subject space")
     xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
     regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+    quality_json = File(exists=True, mandatory=True, desc="from MeasureRegistrationQuality")
+    force_regionstats = traits.Bool(
+        False, usedefault=True, desc="write the region table even when the quality fails"
+    )
 
 
 class _WriteRegOutputSpec(TraitedSpec):
@@ -346,6 +390,14 @@ class WriteRegistrationDerivatives(SimpleInterface):
 
     With a T1w the transforms are ``from-T1w_to-orig`` (rigid, ``.mat``) and
     ``from-T1w_to-MNI152NLin2009aSym`` (affine + warps) instead.
+
+    The registration quality (:mod:`qsm_bids.registration.quality`) goes into the transforms'
+    JSON as ``RegistrationQuality``, with ``RegionalStatistics``: ``"written"``, or
+    ``"skipped: <reasons>"`` when it fails its thresholds (a slab, a crop, a
+    misregistration): then the region table is not written (a table of an earlier run at its
+    path is removed) unless ``force_regionstats``, and a warning is logged; the
+    template-space chi, the atlas in subject space and the transforms are written in every
+    case, their sidecars carrying the quality (and a ``Warnings`` entry when it failed).
     """
 
     input_spec = _WriteRegInputSpec
@@ -360,6 +412,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
         bids_dir = Path(self.inputs.bids_dir)
         result = _result(self.inputs.xfm_json)
         written: list[str] = []
+        quality, write_table, table_status, quality_warnings = self._quality(run)
 
         # transforms, then the JSON that says how to chain them
         mapping = {f: str(_xfm_target(out_dir, run, f)) for f in result.files}
@@ -380,6 +433,8 @@ class WriteRegistrationDerivatives(SimpleInterface):
             },
             "Registration": moved.parameters,
             "RegistrationTimeSeconds": round(float(result.elapsed_s), 2),
+            "RegistrationQuality": quality.to_dict(),
+            "RegionalStatistics": table_status,
         }
         xfm_json = xfm_path(out_dir, run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
         written.append(str(write_json_atomic(xfm_json, xfm_doc)))
@@ -389,8 +444,11 @@ class WriteRegistrationDerivatives(SimpleInterface):
             "TemplateFile": TEMPLATE_FILE,
             "TemplateResolutionMM": result.parameters.get("TemplateResolutionMM"),
             "Registration": result.parameters,
+            "RegistrationQuality": quality.to_dict(),
             "SoftwareVersion": f"qsm_bids {__version__}",
         }
+        if quality_warnings:
+            reg_prov["Warnings"] = quality_warnings
         if isdefined(self.inputs.provenance) and self.inputs.provenance:
             reg_prov["Pipeline"] = json.loads(self.inputs.provenance).get("Pipeline")
 
@@ -426,8 +484,13 @@ class WriteRegistrationDerivatives(SimpleInterface):
         tsv = out_dir / "dseg.tsv"
         written.append(str(write_bytes_atomic(tsv, dseg_tsv(aal3_names()).encode())))
 
-        # region table + column descriptions
+        # region table + column descriptions (only when the registration quality allows it)
         path = derivative_path(out_dir, run, "regionstats", desc=ATLAS_NAME, extension=".tsv")
+        if not write_table:
+            for stale in (path, path.with_suffix(".json")):  # an earlier run's table
+                stale.unlink(missing_ok=True)
+            self._results["out_files"] = written
+            return runtime
         write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
         side = {
             **REGIONSTATS_COLUMNS,
@@ -438,11 +501,43 @@ class WriteRegistrationDerivatives(SimpleInterface):
                 derivative_path(Path(""), run, "dseg", space=ORIG_SPACE).as_posix(),
                 derivative_path(Path(""), run, "mask", desc="brain").as_posix(),
             ],
+            "RegistrationQuality": quality.to_dict(),
         }
+        if quality_warnings:
+            side["Warnings"] = quality_warnings
         write_json_atomic(path.with_suffix(".json"), side)
         written.append(str(path))
         self._results["out_files"] = written
         return runtime
+
+    def _quality(self, run):
+        """The registration quality, whether the table is written, the ``RegionalStatistics``
+        value, and the warnings for the sidecars (each also logged)."""
+        from qsm_bids.registration.quality import RegistrationQuality, regionstats_decision
+
+        quality = RegistrationQuality.from_dict(
+            json.loads(Path(self.inputs.quality_json).read_text())
+        )
+        force = bool(self.inputs.force_regionstats)
+        write_table, status = regionstats_decision(quality, force=force)
+        log.info("%s: registration quality: %s", run.name, quality.summary())
+        if quality.passed:
+            return quality, write_table, status, []
+        reasons = "; ".join(quality.failures)
+        if write_table:
+            text = (
+                f"registration quality below threshold ({reasons}); the AAL3 regional table "
+                "is written anyway (--force-regionstats): its values may not be those of the "
+                "named regions"
+            )
+        else:
+            text = (
+                f"AAL3 regional table not written: registration quality below threshold "
+                f"({reasons}); the template-space Chimap, the atlas in subject space and the "
+                "transforms are still written (--force-regionstats writes the table anyway)"
+            )
+        log.warning("%s: %s", run.name, text)
+        return quality, write_table, status, [text]
 
 
 # ------------------------------------------------------------------ user segmentation
