@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from qsm_bids.bids.layout import Run
+from qsm_bids.interfaces.registration import read_regionstats_status
 from qsm_bids.registration.quality import (
     THRESHOLDS,
     RegistrationQuality,
@@ -110,6 +111,22 @@ def test_quality_verdict_reasons_and_round_trip():
         nan = RegistrationQuality(**{**good.__dict__, field: math.nan})
         assert at.passed and not below.passed and not nan.passed, key
     assert RegistrationQuality.from_dict(nan.to_dict()).brain_volume_ratio != 0.0
+
+
+def test_regionstats_status_is_read_from_the_transforms_json(tmp_path):
+    run = Run(
+        subject="01", session="A", acquisition=None, run=None, suffix="MEGRE",
+        phase_files=(tmp_path / "p.nii.gz",), magnitude_files=(), echo_times=(0.01,),
+        field_strength=3.0, entities={"sub": "01", "ses": "A"},
+    )  # fmt: skip
+    assert read_regionstats_status(tmp_path, run) is None  # no registration
+    xfm = tmp_path / "sub-01" / "ses-A" / "anat"
+    xfm.mkdir(parents=True)
+    xfm = xfm / f"sub-01_ses-A_from-orig_to-{TEMPLATE_SPACE}_mode-image_xfm.json"
+    xfm.write_text("{}")
+    assert read_regionstats_status(tmp_path, run) is None  # written before this key existed
+    xfm.write_text(json.dumps({"RegionalStatistics": "skipped: a crop"}))
+    assert read_regionstats_status(tmp_path, run) == "skipped: a crop"
 
 
 # ------------------------------------------------------------- on registrations (slow)
@@ -220,7 +237,9 @@ def _run_workflow(subj, acq, tmp_path, sl, *, force: bool = False, stale: bool =
         setattr(wf.get_node("inputnode").inputs, key, value)
     wf.run(plugin="Linear")
     xfm = out / "sub-01" / "anat" / f"sub-01_from-orig_to-{TEMPLATE_SPACE}_mode-image_xfm.json"
-    return json.loads(xfm.read_text()), table
+    doc = json.loads(xfm.read_text())
+    assert read_regionstats_status(out, run) == doc["RegionalStatistics"]
+    return doc, table
 
 
 @pytest.mark.slow

@@ -336,6 +336,20 @@ def xfm_path(
     return base.with_name(name + f"_xfm{extension}")
 
 
+def read_regionstats_status(output_dir: Path, run) -> str | None:
+    """What became of a run's AAL3 table: the ``RegionalStatistics`` value of its transforms'
+    JSON (``"written"``, ``"written: forced ..."`` or ``"skipped: <reasons>"``; a deliberately
+    skipped table starts with ``"skipped"``), or None when that JSON (or the key) is absent."""
+    from qsm_bids.registration.template import TEMPLATE_SPACE
+
+    path = xfm_path(Path(output_dir), run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
+    try:
+        value = json.loads(path.read_text()).get("RegionalStatistics")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _xfm_target(output_dir: Path, run, ants_file: str) -> Path:
     """Derivative name of an ANTs transform file written by register_to_template."""
     from qsm_bids.registration.template import TEMPLATE_SPACE
@@ -520,21 +534,22 @@ class WriteRegistrationDerivatives(SimpleInterface):
         )
         force = bool(self.inputs.force_regionstats)
         write_table, status = regionstats_decision(quality, force=force)
-        log.info("%s: registration quality: %s", run.name, quality.summary())
         if quality.passed:
+            log.info("%s: registration quality: %s", run.name, quality.summary())
             return quality, write_table, status, []
         reasons = "; ".join(quality.failures)
         if write_table:
             text = (
-                f"registration quality below threshold ({reasons}); the AAL3 regional table "
-                "is written anyway (--force-regionstats): its values may not be those of the "
-                "named regions"
+                f"registration quality below threshold ({quality.summary()}): {reasons}. "
+                "The AAL3 regional table is written anyway (--force-regionstats): its values "
+                "may not be those of the named regions"
             )
         else:
             text = (
-                f"AAL3 regional table not written: registration quality below threshold "
-                f"({reasons}); the template-space Chimap, the atlas in subject space and the "
-                "transforms are still written (--force-regionstats writes the table anyway)"
+                "AAL3 regional table not written: registration quality below threshold "
+                f"({quality.summary()}): {reasons}. The template-space Chimap, the atlas in "
+                "subject space and the transforms are still written (--force-regionstats "
+                "writes the table anyway)"
             )
         log.warning("%s: %s", run.name, text)
         return quality, write_table, status, [text]

@@ -172,18 +172,18 @@ class RegistrationQuality:
         if not self.dice >= t["Dice"]:
             out.append(
                 f"Dice {self.dice:.2f} of the template brain mask warped into the subject "
-                f"with the subject's brain mask is below {t['Dice']:.2f} (misregistration)"
+                f"with the subject's brain mask, below {t['Dice']:.2f}: a misregistration"
             )
         if not self.coverage >= t["Coverage"]:
             out.append(
-                f"the field of view holds {self.coverage:.0%} of the template brain (below "
-                f"{t['Coverage']:.0%}: a slab or crop)"
+                f"the field of view holds {self.coverage:.0%} of the template brain, below "
+                f"{t['Coverage']:.0%}: a slab or crop"
             )
         if not self.brain_volume_ratio >= t["BrainVolumeRatio"]:
             out.append(
                 f"the brain mask is {self.brain_volume_ratio:.0%} of the template brain's "
-                f"volume (below {t['BrainVolumeRatio']:.0%}: a slab or crop, or a mask that "
-                "misses much of the brain)"
+                f"volume, below {t['BrainVolumeRatio']:.0%}: a slab or crop, or a mask that "
+                "misses much of the brain"
             )
         return tuple(out)
 
@@ -222,12 +222,12 @@ class RegistrationQuality:
         )
 
     def summary(self) -> str:
-        """One line for the log, e.g. ``Dice 0.93, coverage 100%, brain volume 97% of the
-        template's: passed``."""
-        verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.failures)
+        """The measures in words, e.g. ``Dice 0.93, coverage 100%, brain volume 59% of the
+        template's (passed)``."""
         return (
             f"Dice {self.dice:.2f}, coverage {self.coverage:.0%}, brain volume "
-            f"{self.brain_volume_ratio:.0%} of the template's: {verdict}"
+            f"{self.brain_volume_ratio:.0%} of the template's "
+            f"({'passed' if self.passed else 'failed'})"
         )
 
 
