@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from qsm_bids.bids.layout import Run
-from qsm_bids.interfaces.registration import read_regionstats_status
+from qsm_bids.interfaces.registration import read_regionstats_status, read_registration_quality
 from qsm_bids.registration.quality import (
     THRESHOLDS,
     RegistrationQuality,
@@ -125,8 +125,12 @@ def test_regionstats_status_is_read_from_the_transforms_json(tmp_path):
     xfm = xfm / f"sub-01_ses-A_from-orig_to-{TEMPLATE_SPACE}_mode-image_xfm.json"
     xfm.write_text("{}")
     assert read_regionstats_status(tmp_path, run) is None  # written before this key existed
-    xfm.write_text(json.dumps({"RegionalStatistics": "skipped: a crop"}))
+    assert read_registration_quality(tmp_path, run) is None
+    quality = RegistrationQuality(dice=0.9, coverage=0.02, brain_volume_ratio=0.01)
+    doc = {"RegionalStatistics": "skipped: a crop", "RegistrationQuality": quality.to_dict()}
+    xfm.write_text(json.dumps(doc))
     assert read_regionstats_status(tmp_path, run) == "skipped: a crop"
+    assert read_registration_quality(tmp_path, run) == quality
 
 
 # ------------------------------------------------------------- on registrations (slow)
@@ -239,6 +243,7 @@ def _run_workflow(subj, acq, tmp_path, sl, *, force: bool = False, stale: bool =
     xfm = out / "sub-01" / "anat" / f"sub-01_from-orig_to-{TEMPLATE_SPACE}_mode-image_xfm.json"
     doc = json.loads(xfm.read_text())
     assert read_regionstats_status(out, run) == doc["RegionalStatistics"]
+    assert read_registration_quality(out, run).to_dict() == doc["RegistrationQuality"]
     return doc, table
 
 

@@ -336,18 +336,35 @@ def xfm_path(
     return base.with_name(name + f"_xfm{extension}")
 
 
-def read_regionstats_status(output_dir: Path, run) -> str | None:
-    """What became of a run's AAL3 table: the ``RegionalStatistics`` value of its transforms'
-    JSON (``"written"``, ``"written: forced ..."`` or ``"skipped: <reasons>"``; a deliberately
-    skipped table starts with ``"skipped"``), or None when that JSON (or the key) is absent."""
+def read_registration_json(output_dir: Path, run) -> dict | None:
+    """The transforms' JSON of a run (``<e>_from-orig_to-MNI152NLin2009aSym_mode-image_xfm
+    .json``: transforms, parameters, ``RegistrationQuality``, ``RegionalStatistics``), or None
+    when the run has none (no registration) or it cannot be read."""
     from qsm_bids.registration.template import TEMPLATE_SPACE
 
     path = xfm_path(Path(output_dir), run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
     try:
-        value = json.loads(path.read_text()).get("RegionalStatistics")
+        doc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_regionstats_status(output_dir: Path, run) -> str | None:
+    """What became of a run's AAL3 table: the ``RegionalStatistics`` value of its transforms'
+    JSON (``"written"``, ``"written: forced ..."`` or ``"skipped: <reasons>"``; a deliberately
+    skipped table starts with ``"skipped"``), or None when that JSON (or the key) is absent."""
+    value = (read_registration_json(output_dir, run) or {}).get("RegionalStatistics")
     return value if isinstance(value, str) else None
+
+
+def read_registration_quality(output_dir: Path, run):
+    """The run's :class:`qsm_bids.registration.quality.RegistrationQuality` from its
+    transforms' JSON, or None when absent (no registration, or written before it existed)."""
+    from qsm_bids.registration.quality import RegistrationQuality
+
+    value = (read_registration_json(output_dir, run) or {}).get("RegistrationQuality")
+    return RegistrationQuality.from_dict(value) if isinstance(value, dict) else None
 
 
 def _xfm_target(output_dir: Path, run, ants_file: str) -> Path:
