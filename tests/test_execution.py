@@ -36,6 +36,7 @@ def _sleep_and_write(seconds: float, out: str) -> str:
 
 def _workflow(tmp_path: Path, names: dict[str, float]) -> pe.Workflow:
     wf = pe.Workflow(name="wf", base_dir=str(tmp_path / "work"))
+    wf.config["execution"]["crashdump_dir"] = str(tmp_path / "crash")
     for name, seconds in names.items():
         node = pe.Node(
             Function(["seconds", "out"], ["out"], _sleep_and_write),
