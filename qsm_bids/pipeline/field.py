@@ -5,6 +5,12 @@ from __future__ import annotations
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
+from qsm_bids.interfaces.reportlets import (
+    BrainMaskReportlet,
+    EchoFitReportlet,
+    Reportlets,
+    UnwrapReportlet,
+)
 from qsm_bids.interfaces.stages import BrainMask, CombineEchoes, UnwrapPhase
 from qsm_bids.recipe import StageChoice
 
@@ -26,12 +32,13 @@ def init_mask_wf(
     mask_file: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
+    reportlets: Reportlets | None = None,
     name: str = "mask_wf",
 ) -> pe.Workflow:
     """Brain mask from the magnitude (or the user's mask file).
 
     Inputs: ``phase`` (4D, rad), ``magnitude`` (4D, optional), ``meta``.
-    Outputs: ``mask``.
+    Outputs: ``mask``. With ``reportlets``: the ``desc-brainmask`` figure.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["phase", "magnitude", "meta"]), name="inputnode")
@@ -43,16 +50,27 @@ def init_mask_wf(
         (inputnode, node, [("phase", "phase"), ("magnitude", "magnitude"), ("meta", "meta")]),
         (node, outputnode, [("mask", "mask")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(BrainMaskReportlet, "brainmask_reportlet")
+        wf.connect([
+            (inputnode, figure, [("phase", "phase"), ("magnitude", "magnitude")]),
+            (node, figure, [("mask", "mask")]),
+        ])  # fmt: skip
     return wf
 
 
 def init_unwrap_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "unwrap_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    reportlets: Reportlets | None = None,
+    name: str = "unwrap_wf",
 ) -> pe.Workflow:
     """Spatial and temporal phase unwrapping of all echoes.
 
     Inputs: ``phase`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
-    Outputs: ``unwrapped`` (4D, rad).
+    Outputs: ``unwrapped`` (4D, rad). With ``reportlets``: the ``desc-unwrapped`` figure.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["phase", "magnitude", "mask", "meta"]), name="inputnode")
@@ -63,16 +81,28 @@ def init_unwrap_wf(
                            ("mask", "mask"), ("meta", "meta")]),
         (node, outputnode, [("unwrapped", "unwrapped")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(UnwrapReportlet, "unwrapped_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask"), ("meta", "meta")]),
+            (node, figure, [("unwrapped", "unwrapped")]),
+        ])  # fmt: skip
     return wf
 
 
 def init_echo_combination_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "combine_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    reportlets: Reportlets | None = None,
+    name: str = "combine_wf",
 ) -> pe.Workflow:
     """Multi-echo combination into the total field map.
 
     Inputs: ``unwrapped`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
-    Outputs: ``field`` (Hz), ``noise`` (SD of the field, Hz).
+    Outputs: ``field`` (Hz), ``noise`` (SD of the field, Hz). With ``reportlets``: the
+    ``desc-totalfield`` and ``desc-echofit`` figures.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -85,4 +115,10 @@ def init_echo_combination_wf(
                            ("mask", "mask"), ("meta", "meta")]),
         (node, outputnode, [("field", "field"), ("noise", "noise")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(EchoFitReportlet, "echofit_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask")]),
+            (node, figure, [("field", "field"), ("noise", "noise")]),
+        ])  # fmt: skip
     return wf

@@ -6,6 +6,13 @@ from __future__ import annotations
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
+from qsm_bids.interfaces.reportlets import (
+    ChimapReportlet,
+    LocalFieldReportlet,
+    R2StarReportlet,
+    ReferenceReportlet,
+    Reportlets,
+)
 from qsm_bids.interfaces.stages import BackgroundRemoval, DipoleInversion, R2Star, Reference
 from qsm_bids.interfaces.two_pass import TwoPassCombine
 from qsm_bids.pipeline.field import stage_node
@@ -13,7 +20,12 @@ from qsm_bids.recipe import StageChoice
 
 
 def init_background_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "background_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    reportlets: Reportlets | None = None,
+    name: str = "background_wf",
 ) -> pe.Workflow:
     """Background field removal.
 
@@ -23,7 +35,8 @@ def init_background_wf(
     ``previous_local`` (Hz), the local field ``chi`` came from, from which the pass is
     over-relaxed (the stage's ``feedback_relaxation``), and ``first_local`` (Hz), the plain
     pass's local field, with which the pass removes the background of ``chi``'s field alone
-    (the linear form). Outputs: ``local_field`` (Hz), ``local_mask``.
+    (the linear form). Outputs: ``local_field`` (Hz), ``local_mask``. With ``reportlets``:
+    the ``desc-localfield`` figure (give them to the pass whose local field is written).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -41,6 +54,12 @@ def init_background_wf(
                            ("first_local", "first_local")]),
         (node, outputnode, [("local_field", "local_field"), ("local_mask", "local_mask")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(LocalFieldReportlet, "localfield_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask")]),
+            (node, figure, [("local_field", "local_field"), ("local_mask", "local_mask")]),
+        ])  # fmt: skip
     return wf
 
 
@@ -52,6 +71,38 @@ def _reference_node(reference: StageChoice, reference_mask: str | None, mem_gb: 
     return ref
 
 
+def _add_chi_reportlets(
+    wf: pe.Workflow,
+    reportlets: Reportlets,
+    reference: StageChoice,
+    reference_mask: str | None,
+    inputnode: pe.Node,
+    ref: pe.Node,
+    mask: tuple[pe.Node, str],
+) -> None:
+    """The ``desc-chimap``, ``desc-streaking`` and ``desc-reference`` figures of the
+    referenced map of ``ref`` (defined on ``mask``, a (node, output) pair); ``inputnode``
+    gives ``meta``, ``magnitude``, ``r2star``, ``brain_mask`` and ``sign``."""
+    chimap = reportlets.node(ChimapReportlet, "chimap_reportlet")
+    region = reportlets.node(
+        ReferenceReportlet,
+        "reference_reportlet",
+        algorithm=reference.algorithm,
+        params=dict(reference.params),
+    )
+    if reference_mask:
+        region.inputs.reference_mask = reference_mask
+    wf.connect([
+        (inputnode, chimap, [("meta", "meta"), ("brain_mask", "brain_mask"), ("sign", "sign")]),
+        (mask[0], chimap, [(mask[1], "mask")]),
+        (ref, chimap, [("chi", "chi")]),
+        (inputnode, region, [("meta", "meta"), ("magnitude", "magnitude"),
+                             ("r2star", "r2star"), ("sign", "sign")]),
+        (mask[0], region, [(mask[1], "mask")]),
+        (ref, region, [("chi", "chi"), ("note", "note")]),
+    ])  # fmt: skip
+
+
 def init_inversion_wf(
     inversion: StageChoice,
     reference: StageChoice,
@@ -59,6 +110,7 @@ def init_inversion_wf(
     reference_mask: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
+    reportlets: Reportlets | None = None,
     name: str = "inversion_wf",
 ) -> pe.Workflow:
     """Dipole inversion followed by referencing.
@@ -68,12 +120,18 @@ def init_inversion_wf(
     them. Outputs: ``chi`` (ppm, referenced), ``chi_raw``
     (before referencing), ``reference_note`` (non-empty when the chosen referencing fell
     back to the whole brain).
+
+    With ``reportlets`` (give them to the inversion whose map is written): the
+    ``desc-chimap``, ``desc-streaking`` and ``desc-reference`` figures; they use the
+    optional inputs ``brain_mask`` (outlined) and ``sign`` (the phase-sign check's -1/1,
+    so that the figures show the map as written).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude", "r2star"]),
+        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude", "r2star",
+                           "brain_mask", "sign"]),
         name="inputnode",
-    )
+    )  # fmt: skip
     outputnode = pe.Node(IdentityInterface(["chi", "chi_raw", "reference_note"]), name="outputnode")
     invert = stage_node(DipoleInversion, inversion, name="invert", mem_gb=mem_gb, n_procs=n_procs)
     ref = _reference_node(reference, reference_mask, mem_gb / 4)
@@ -86,6 +144,10 @@ def init_inversion_wf(
         (invert, outputnode, [("chi", "chi_raw")]),
         (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        _add_chi_reportlets(
+            wf, reportlets, reference, reference_mask, inputnode, ref, (inputnode, "local_mask")
+        )
     return wf
 
 
@@ -97,6 +159,7 @@ def init_two_pass_wf(
     reference_mask: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
+    reportlets: Reportlets | None = None,
     name: str = "two_pass_wf",
 ) -> pe.Workflow:
     """Second pass of the two-pass inversion for strong sources, and the combination
@@ -114,11 +177,15 @@ def init_two_pass_wf(
     ``r2star``; the first pass's ``chi_raw`` (ppm), ``local_field`` (Hz) and
     ``local_mask``. Outputs: ``chi`` (ppm, referenced), ``chi_raw``, ``local_field``,
     ``local_mask`` (the union of both passes' masks) and ``reference_note``.
+
+    With ``reportlets`` (the two-pass map is the one written): the ``desc-localfield``,
+    ``desc-chimap``, ``desc-streaking`` and ``desc-reference`` figures of the combination;
+    optional inputs ``brain_mask`` and ``sign`` as in :func:`init_inversion_wf`.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         IdentityInterface(["field", "noise", "filled_mask", "meta", "magnitude", "r2star",
-                           "chi_raw", "local_field", "local_mask"]),
+                           "chi_raw", "local_field", "local_mask", "brain_mask", "sign"]),
         name="inputnode",
     )  # fmt: skip
     outputnode = pe.Node(
@@ -149,16 +216,29 @@ def init_two_pass_wf(
                                ("mask", "local_mask")]),
         (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        local = reportlets.node(LocalFieldReportlet, "localfield_reportlet")
+        wf.connect([
+            (inputnode, local, [("filled_mask", "mask")]),
+            (combine, local, [("local_field", "local_field"), ("mask", "local_mask")]),
+        ])  # fmt: skip
+        _add_chi_reportlets(
+            wf, reportlets, reference, reference_mask, inputnode, ref, (combine, "mask")
+        )
     return wf
 
 
 def init_r2star_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, name: str = "r2star_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    reportlets: Reportlets | None = None,
+    name: str = "r2star_wf",
 ) -> pe.Workflow:
     """R2* (1/s) and T2* (s) maps from the echo magnitudes.
 
     Inputs: ``magnitude`` (4D), ``mask``, ``meta``.
-    Outputs: ``r2star``, ``t2star``.
+    Outputs: ``r2star``, ``t2star``. With ``reportlets``: the ``desc-r2star`` figure.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["magnitude", "mask", "meta"]), name="inputnode")
@@ -168,4 +248,10 @@ def init_r2star_wf(
         (inputnode, node, [("magnitude", "magnitude"), ("mask", "mask"), ("meta", "meta")]),
         (node, outputnode, [("r2star", "r2star"), ("t2star", "t2star")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(R2StarReportlet, "r2star_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask")]),
+            (node, figure, [("r2star", "r2star")]),
+        ])  # fmt: skip
     return wf
