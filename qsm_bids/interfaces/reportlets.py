@@ -118,13 +118,6 @@ def _opt(value) -> Path | None:
     return Path(value) if isdefined(value) and value else None
 
 
-def _signed(chi: str, sign, cwd: Path) -> Path:
-    """``chi`` as written to the derivatives: negated when the phase-sign check said so."""
-    if not isdefined(sign) or int(sign) >= 0:
-        return Path(chi)
-    return Path(write_like(-read_volume(chi), chi, "chi_signed", cwd))
-
-
 # --------------------------------------------------------------------------------------
 # One interface per stage
 # --------------------------------------------------------------------------------------
@@ -228,7 +221,6 @@ class _ChimapInputSpec(_ReportletInputSpec):
     mask = File(exists=True, mandatory=True, desc="where chi is defined (local mask)")
     brain_mask = File(exists=True, desc="brain mask (outlined)")
     meta = File(exists=True, mandatory=True, desc="run metadata JSON (voxel size, B0)")
-    sign = traits.Int(desc="-1: the phase-sign check negates the map written")
 
 
 class ChimapReportlet(ReportletInterface):
@@ -241,7 +233,7 @@ class ChimapReportlet(ReportletInterface):
         from qsm_bids.core.streaking import streaking_index
         from qsm_bids.report.reportlets import chimap_figure, streaking_figure
 
-        chi = _signed(self.inputs.chi, self.inputs.sign, cwd)
+        chi = Path(self.inputs.chi)
         local = Path(self.inputs.mask)
         brain = _opt(self.inputs.brain_mask)
         out = [chimap_figure(self.path("chimap"), chi, brain or local, local_mask=local)]
@@ -314,7 +306,6 @@ class _ReferenceInputSpec(_ReportletInputSpec):
     r2star = File(exists=True, desc="R2* (1/s), for 'csf'")
     magnitude = File(exists=True, desc="4D magnitude, for 'csf'")
     note = traits.Str(desc="the referencing's fallback note")
-    sign = traits.Int(desc="-1: the phase-sign check negates the map written")
 
 
 class ReferenceReportlet(ReportletInterface):
@@ -341,7 +332,7 @@ class ReferenceReportlet(ReportletInterface):
         )
         path = write_like(region, self.inputs.mask, "reference_region", cwd)
         what = "whole-mask mean" if note else self.inputs.algorithm
-        chi = _signed(self.inputs.chi, self.inputs.sign, cwd)
+        chi = Path(self.inputs.chi)
         title = f"reference region ({what}, {int(region.sum())} voxels)"
         out = reference_figure(
             self.path("reference"), chi, Path(path), mask=Path(self.inputs.mask), title=title

@@ -71,38 +71,6 @@ def _reference_node(reference: StageChoice, reference_mask: str | None, mem_gb: 
     return ref
 
 
-def _add_chi_reportlets(
-    wf: pe.Workflow,
-    reportlets: Reportlets,
-    reference: StageChoice,
-    reference_mask: str | None,
-    inputnode: pe.Node,
-    ref: pe.Node,
-    mask: tuple[pe.Node, str],
-) -> None:
-    """The ``desc-chimap``, ``desc-streaking`` and ``desc-reference`` figures of the
-    referenced map of ``ref`` (defined on ``mask``, a (node, output) pair); ``inputnode``
-    gives ``meta``, ``magnitude``, ``r2star``, ``brain_mask`` and ``sign``."""
-    chimap = reportlets.node(ChimapReportlet, "chimap_reportlet")
-    region = reportlets.node(
-        ReferenceReportlet,
-        "reference_reportlet",
-        algorithm=reference.algorithm,
-        params=dict(reference.params),
-    )
-    if reference_mask:
-        region.inputs.reference_mask = reference_mask
-    wf.connect([
-        (inputnode, chimap, [("meta", "meta"), ("brain_mask", "brain_mask"), ("sign", "sign")]),
-        (mask[0], chimap, [(mask[1], "mask")]),
-        (ref, chimap, [("chi", "chi")]),
-        (inputnode, region, [("meta", "meta"), ("magnitude", "magnitude"),
-                             ("r2star", "r2star"), ("sign", "sign")]),
-        (mask[0], region, [(mask[1], "mask")]),
-        (ref, region, [("chi", "chi"), ("note", "note")]),
-    ])  # fmt: skip
-
-
 def init_inversion_wf(
     inversion: StageChoice,
     reference: StageChoice,
@@ -110,7 +78,6 @@ def init_inversion_wf(
     reference_mask: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
-    reportlets: Reportlets | None = None,
     name: str = "inversion_wf",
 ) -> pe.Workflow:
     """Dipole inversion followed by referencing.
@@ -120,18 +87,12 @@ def init_inversion_wf(
     them. Outputs: ``chi`` (ppm, referenced), ``chi_raw``
     (before referencing), ``reference_note`` (non-empty when the chosen referencing fell
     back to the whole brain).
-
-    With ``reportlets`` (give them to the inversion whose map is written): the
-    ``desc-chimap``, ``desc-streaking`` and ``desc-reference`` figures; they use the
-    optional inputs ``brain_mask`` (outlined) and ``sign`` (the phase-sign check's -1/1,
-    so that the figures show the map as written).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude", "r2star",
-                           "brain_mask", "sign"]),
+        IdentityInterface(["local_field", "local_mask", "meta", "noise", "magnitude", "r2star"]),
         name="inputnode",
-    )  # fmt: skip
+    )
     outputnode = pe.Node(IdentityInterface(["chi", "chi_raw", "reference_note"]), name="outputnode")
     invert = stage_node(DipoleInversion, inversion, name="invert", mem_gb=mem_gb, n_procs=n_procs)
     ref = _reference_node(reference, reference_mask, mem_gb / 4)
@@ -144,10 +105,6 @@ def init_inversion_wf(
         (invert, outputnode, [("chi", "chi_raw")]),
         (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
-    if reportlets is not None:
-        _add_chi_reportlets(
-            wf, reportlets, reference, reference_mask, inputnode, ref, (inputnode, "local_mask")
-        )
     return wf
 
 
@@ -178,14 +135,13 @@ def init_two_pass_wf(
     ``local_mask``. Outputs: ``chi`` (ppm, referenced), ``chi_raw``, ``local_field``,
     ``local_mask`` (the union of both passes' masks) and ``reference_note``.
 
-    With ``reportlets`` (the two-pass map is the one written): the ``desc-localfield``,
-    ``desc-chimap``, ``desc-streaking`` and ``desc-reference`` figures of the combination;
-    optional inputs ``brain_mask`` and ``sign`` as in :func:`init_inversion_wf`.
+    With ``reportlets`` (the two-pass map is the one written): the ``desc-localfield``
+    figure of the combination (the map's figures: :func:`init_chi_reportlets_wf`).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         IdentityInterface(["field", "noise", "filled_mask", "meta", "magnitude", "r2star",
-                           "chi_raw", "local_field", "local_mask", "brain_mask", "sign"]),
+                           "chi_raw", "local_field", "local_mask"]),
         name="inputnode",
     )  # fmt: skip
     outputnode = pe.Node(
@@ -222,9 +178,61 @@ def init_two_pass_wf(
             (inputnode, local, [("filled_mask", "mask")]),
             (combine, local, [("local_field", "local_field"), ("mask", "local_mask")]),
         ])  # fmt: skip
-        _add_chi_reportlets(
-            wf, reportlets, reference, reference_mask, inputnode, ref, (combine, "mask")
-        )
+    return wf
+
+
+def init_chi_reportlets_wf(
+    reportlets: Reportlets,
+    reference: StageChoice,
+    *,
+    reference_mask: str | None = None,
+    name: str = "chi_reportlets_wf",
+) -> pe.Workflow:
+    """The figures of the susceptibility map as written: ``desc-chimap`` (with the brain
+    and background-removal outlines), ``desc-streaking`` (its streaking index against the
+    flag) and ``desc-reference`` (the referencing region over it).
+
+    They take the map after the phase-sign check (a node downstream of the inversion, so
+    they cannot live inside :func:`init_inversion_wf` without a cycle).
+
+    Inputs: ``chi`` (ppm, referenced and sign-checked), ``local_mask`` (where it is
+    defined), ``brain_mask`` (optional, outlined), ``meta``, ``reference_note`` (the
+    referencing's fallback note), and for CSF referencing ``r2star`` and ``magnitude``.
+    No outputs: the nodes write the figures.
+
+    Parameters
+    ----------
+    reportlets : Reportlets
+        Where the run's figures go.
+    reference : StageChoice
+        The referencing stage (its algorithm and parameters give the region).
+    reference_mask : str or None, default None
+        The user's reference region (``--reference-mask``).
+    name : str, default "chi_reportlets_wf"
+        Workflow name.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        IdentityInterface(["chi", "local_mask", "brain_mask", "meta", "reference_note",
+                           "r2star", "magnitude"]),
+        name="inputnode",
+    )  # fmt: skip
+    chimap = reportlets.node(ChimapReportlet, "chimap_reportlet")
+    region = reportlets.node(
+        ReferenceReportlet,
+        "reference_reportlet",
+        algorithm=reference.algorithm,
+        params=dict(reference.params),
+    )
+    if reference_mask:
+        region.inputs.reference_mask = reference_mask
+    wf.connect([
+        (inputnode, chimap, [("chi", "chi"), ("local_mask", "mask"),
+                             ("brain_mask", "brain_mask"), ("meta", "meta")]),
+        (inputnode, region, [("chi", "chi"), ("local_mask", "mask"), ("meta", "meta"),
+                             ("reference_note", "note"), ("r2star", "r2star"),
+                             ("magnitude", "magnitude")]),
+    ])  # fmt: skip
     return wf
 
 
