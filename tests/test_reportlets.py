@@ -155,6 +155,24 @@ def test_reference_region_of_each_algorithm():
         reference_region("mask", {}, mask)
 
 
+def test_csf_reference_region_of_the_run(small_run):
+    """CSF referencing's region (the phantom's ventricles) is a small part of the mask."""
+    from qsm_bids.interfaces.base import read_mask, read_volume
+
+    *_, results = small_run
+    mask = read_mask(results["background"].outputs.local_mask)
+    region = reference_region(
+        "csf",
+        {},
+        mask,
+        r2star=read_volume(results["r2star"].outputs.r2star),
+        magnitude=read_volume(results["load"].outputs.magnitude),
+        voxel_size=(4.0, 4.0, 4.0),
+    )
+    assert 0 < region.sum() < 0.05 * mask.sum()
+    assert not (region & ~mask).any()
+
+
 def test_labels_and_registration_reportlets(small_run, tmp_path):
     """The atlas/segmentation and registration figures (run directly, no ANTs)."""
     from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template

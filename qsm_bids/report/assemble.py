@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import write_text_atomic
@@ -208,34 +208,6 @@ def run_figures(
 # --------------------------------------------------------------------------------------
 
 
-def _fallback_methods(stages: dict[str, dict[str, Any]], side: Mapping[str, Any]) -> Markup:
-    """A one-paragraph methods text from the sidecar (used without the boilerplate
-    module)."""
-    bits = [
-        f"{collect.STAGE_NAMES.get(name, name)} with {escape(spec['Algorithm'])}"
-        for name, spec in stages.items()
-    ]
-    version = side.get("SoftwareVersion", f"qsm_bids {__version__}")
-    text = Markup("The susceptibility map was computed with {}").format(version)
-    if side.get("Pipeline"):
-        text += Markup(" (recipe <code>{}</code>)").format(side["Pipeline"])
-    if bits:
-        text += Markup(": ") + Markup("; ").join(bits)
-    te = side.get("EchoTime")
-    if isinstance(te, list) and te:
-        text += ". Echo times: " + ", ".join(collect.fmt_param(1000 * float(t)) for t in te)
-        text += " ms"
-    if side.get("MagneticFieldStrength"):
-        text += Markup("; field strength {} T").format(
-            collect.fmt_param(side["MagneticFieldStrength"])
-        )
-        if side.get("FieldStrengthSource"):
-            text += Markup(" (from <code>{}</code>)").format(side["FieldStrengthSource"])
-    if side.get("B0Direction"):
-        text += "; B0 direction (voxel axes) " + collect.fmt_param(side["B0Direction"])
-    return Markup("<p>{}.</p>").format(text)
-
-
 def methods_html(
     stages: dict[str, dict[str, Any]],
     side: Mapping[str, Any],
@@ -243,16 +215,34 @@ def methods_html(
     registration: bool,
     segmentation: str | None,
 ) -> Markup:
-    """The run's methods text as HTML: the boilerplate with references
-    (:func:`qsm_bids.report.boilerplate.build_boilerplate`) when that module is present,
-    else a short paragraph from the sidecar."""
-    try:
-        from qsm_bids.report.boilerplate import build_boilerplate  # type: ignore[import-not-found]
-    except ImportError:
-        return _fallback_methods(stages, side)
-    provenance: dict[str, Any] = {"Pipeline": side.get("Pipeline", "")}
-    provenance.update(stages)
-    text = build_boilerplate(provenance, registration=registration, segmentation=segmentation)
+    """The run's methods text with its references as an HTML fragment
+    (:func:`qsm_bids.report.boilerplate.build_boilerplate`).
+
+    Parameters
+    ----------
+    stages : dict
+        Every stage's algorithm and parameters (:func:`collect.collect_stages`, from all of
+        the run's sidecars).
+    side : mapping
+        The Chimap's sidecar (``EchoTime``, ``MagneticFieldStrength``, ``Pipeline``,
+        ``SoftwareVersion``).
+    registration : bool
+        The run was registered to the template (transforms or a template-space map exist).
+    segmentation : str or None
+        A user segmentation whose table was written.
+    """
+    from qsm_bids.report.boilerplate import build_boilerplate, default_versions
+
+    versions = default_versions()
+    written_by = str(side.get("SoftwareVersion", ""))
+    if written_by.startswith("qsm_bids "):  # the version that made the maps
+        versions["qsm_bids"] = written_by.removeprefix("qsm_bids ")
+    text = build_boilerplate(
+        {**side, "Stages": stages},
+        registration=registration,
+        segmentation=segmentation,
+        versions=versions,
+    )
     return Markup(text.html)
 
 
@@ -352,7 +342,9 @@ def run_section(run: RunFiles, output_dir: Path, image_root: Path | None) -> Run
     stages = collect.collect_stages(sidecars)
     warnings, notes = collect.collect_messages(sidecars + run.xfm_sidecars())
     problems: list[str] = []
-    numbers = collect.summary_numbers(run, main_side, problems)
+    numbers = collect.acquisition_rows(main_side) + collect.summary_numbers(
+        run, main_side, problems
+    )
     figures = run_figures(run, output_dir, main_side, image_root, problems)
     has_chimap = run.get("Chimap") is not None
     if not has_chimap:
@@ -436,6 +428,13 @@ def write_subject_report(output_dir: Path, subject: str, *, bids_dir: Path | Non
         )
     image_root = Path(bids_dir) if bids_dir is not None else raw_root_from_description(output_dir)
     sections = [run_section(run, output_dir, image_root) for run in runs]
+    first_with: dict[str, RunSection] = {}
+    for section in sections:  # one methods text (and reference list) per distinct text
+        same = first_with.setdefault(str(section.methods), section)
+        if same is not section:
+            section.methods = Markup(
+                '<p>The methods text is the same as for <a href="#{}">{}</a>.</p>'
+            ).format(same.id, same.label)
     versions = list(dict.fromkeys(s.version for s in sections if s.version))
     done = {s.prefix for s in sections if s.has_chimap}
     errors = [

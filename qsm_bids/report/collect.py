@@ -307,6 +307,27 @@ def _percentiles(data: np.ndarray, mask: np.ndarray | None, lo: float, hi: float
     return f"{fmt_number(float(a), 3)} .. {fmt_number(float(b), 3)}"
 
 
+def acquisition_rows(sidecar: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The acquisition as the run used it, from the Chimap's sidecar: field strength (T)
+    and where it came from, echo times (ms), B0 direction (voxel axes)."""
+    rows: list[tuple[str, str]] = []
+    b0 = sidecar.get("MagneticFieldStrength")
+    if isinstance(b0, int | float) and not isinstance(b0, bool):
+        text = f"{fmt_param(float(b0))} T"
+        if sidecar.get("FieldStrengthSource"):
+            text += f" (from {sidecar['FieldStrengthSource']})"
+        rows.append(("field strength", text))
+    te = sidecar.get("EchoTime")
+    if isinstance(te, list) and te:
+        try:
+            rows.append(("echo times (ms)", ", ".join(fmt_param(1000 * float(t)) for t in te)))
+        except (TypeError, ValueError):
+            pass
+    if sidecar.get("B0Direction"):
+        rows.append(("B0 direction (voxel axes)", fmt_param(sidecar["B0Direction"])))
+    return rows
+
+
 def summary_numbers(
     run: RunFiles, sidecar: Mapping[str, Any], problems: list[str]
 ) -> list[tuple[str, str]]:
@@ -381,6 +402,7 @@ __all__ = [
     "STAGE_NAMES",
     "STAT_COLUMNS",
     "RegionRow",
+    "acquisition_rows",
     "RegistrationInfo",
     "collect_messages",
     "collect_stages",
