@@ -459,3 +459,29 @@ def test_page_renders_in_headless_chromium(tree, tmp_path):
     assert float(np.mean(grey < 0.98)) > 0.1, "page is (nearly) blank"
     # the figures have black backgrounds: they were loaded and drawn
     assert float(np.mean(grey < 0.05)) > 0.03, "figures were not rendered"
+
+
+# --------------------------------------------------------------------------------------
+# A real run with registration
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_of_a_run_with_registration(tmp_path):
+    """With registration (the default), the transforms are part of the one run: one run
+    section, no red boxes, "Runs with derivatives 1", the overlay and atlas figures."""
+    bids = simulate_dataset(tmp_path / "bids", subjects=1, resolution_mm=3.0, phantom="ideal")
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--nprocs", "1"]
+    assert main([*args, "--pipeline", "fast"]) == 0
+    assert list((out / ANAT).glob("*_xfm.*"))  # the files that used to make extra runs
+    page = out / "sub-01.html"  # written by the participant level
+    p = _parse(page)
+    sections = [a["id"] for t, a in p.tags if t == "section"]
+    assert sections == ["summary", "sub-01", "about", "errors"]
+    assert not p.by_class.get("error"), p.by_class.get("error")
+    assert "missing" not in page.read_text(encoding="utf-8").lower()
+    (row,) = [r for r in p.rows if r and r[0] == "Runs with derivatives"]
+    assert row[1] == "1"
+    names = {Path(a["src"]).name for t, a in p.tags if t == "img"}
+    assert {"sub-01_desc-registration_qc.png", "sub-01_desc-atlas_qc.png"} <= names

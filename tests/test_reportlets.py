@@ -328,6 +328,23 @@ def test_report_with_registration_has_one_section_per_run(tmp_path, atlas_name):
     assert "did not pass" not in text
 
 
+def test_two_runs_with_registration_give_two_sections(tmp_path):
+    """Two runs, each with its transforms: two sections, the methods text once."""
+    out = _fake_outputs(tmp_path, atlas_name="sub-01_desc-aal3_dseg.nii.gz", quality=None)
+    anat = out / "sub-01" / "anat"
+    for path in list(anat.iterdir()):
+        shutil.copy(path, anat / path.name.replace("sub-01_", "sub-01_run-2_"))
+        path.rename(anat / path.name.replace("sub-01_", "sub-01_run-1_"))
+    text = write_subject_report(out, "01").read_text(encoding="utf-8")
+    parsed = _Sections()
+    parsed.feed(text)
+    assert parsed.sections == ["sub-01_run-1", "sub-01_run-2"]
+    assert parsed.errors == 0
+    assert "<tr><th>Runs with derivatives</th><td>2</td></tr>" in text
+    assert text.count('<ol class="references">') == 1
+    assert 'The methods text is the same as for <a href="#sub-01_run-1">run 1</a>' in text
+
+
 def test_report_shows_a_failed_registration_check(tmp_path):
     quality = {"Dice": 0.41, "Coverage": 0.55, "Passed": False}
     out = _fake_outputs(tmp_path, atlas_name="sub-01_desc-aal3_dseg.nii.gz", quality=quality)

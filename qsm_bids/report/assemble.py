@@ -134,7 +134,11 @@ def _figure_makers(
         "r2star": (lambda p: rl.r2star_figure(p, r2star, brain)) if r2star and brain else None,
         "registration": (lambda p: rl.registration_figure(p, mni)) if mni else None,
         "atlas": (
-            (lambda p: rl.labels_figure(p, chi, atlas, mask=brain, title=rl.FIGURES["atlas"].title))
+            (
+                lambda p: rl.labels_figure(
+                    p, chi, atlas, mask=brain, title="atlas labels in subject space"
+                )
+            )
             if chi and atlas
             else None
         ),
