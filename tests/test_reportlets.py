@@ -364,6 +364,14 @@ def test_report_prefers_the_reportlets(tmp_path):
     assert "sub-01/figures/sub-01_desc-unwrapped_qc.png" in text
     assert FIGURES["unwrapped"].title in text
     assert marker.read_bytes() == before
+    # without the registration's derivatives its reportlet is not shown (left from before)
+    for path in (out / "sub-01" / "anat").glob("*_xfm.*"):
+        path.unlink()
+    for path in (out / "sub-01" / "anat").glob(f"*_space-{MNI}_*"):
+        path.unlink()
+    assert figure_path(out, "sub-01", "registration").is_file()
+    text = write_subject_report(out, "01").read_text(encoding="utf-8")
+    assert "desc-registration_qc" not in text and "desc-atlas_qc" in text
 
 
 def test_template_has_no_undefined_variables():

@@ -65,13 +65,17 @@ class Reportlets:
         return name.removesuffix("_qc.nii.gz")
 
     def node(self, interface: type[SimpleInterface], name: str, **inputs: Any) -> pe.Node:
-        """A node drawing ``interface``'s figure(s) for this run; always rerun (a figure
-        deleted from the output folder is drawn again), light on memory."""
+        """A node drawing ``interface``'s figure(s) for this run.
+
+        Always rerun (a figure deleted from the output folder is drawn again), and run in
+        the main process like the derivatives writers (a figure takes about a second: not
+        worth a batch job on a cluster)."""
         return pe.Node(
             interface(output_dir=self.output_dir, prefix=self.prefix, **inputs),
             name=name,
             mem_gb=0.5,
             overwrite=True,
+            run_without_submitting=True,
         )
 
 

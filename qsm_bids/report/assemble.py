@@ -189,8 +189,18 @@ def run_figures(
         specs[f"seg{name}"] = rl.FigureSpec(
             "registration", f"Segmentation {name}", rl.SEGMENTATION_CAPTION
         )
+    # a figure is shown only beside the derivatives it is about (a reportlet left from an
+    # earlier run with registration is not shown when the run has no registration now)
+    shown = {
+        "registration": bool(run.transforms)
+        or run.get("Chimap", space=rl.fg.TEMPLATE_SPACE) is not None,
+        "atlas": run.atlas_labels() is not None,
+        "r2star": run.get("R2starmap") is not None,
+    }
     out = []
     for desc, spec in specs.items():
+        if not shown.get(desc, True):
+            continue
         path = rl.find_figure(output_dir, run.prefix, desc)
         drawn = False
         if path is None and makers.get(desc) is not None:
