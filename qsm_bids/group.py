@@ -40,9 +40,7 @@ from qsm_bids.bids.naming import name_entities, run_prefix, split_bids_name
 from qsm_bids.core.regionstats import COLUMNS
 from qsm_bids.errors import QSMInputError
 from qsm_bids.regions import DEEP_GREY_PATTERNS, is_deep_grey, order_regions
-
-#: The normalised maps' template.
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
+from qsm_bids.registration.template import TEMPLATE_SPACE
 
 #: Statistics columns of a run's ``regionstats.tsv``, in order.
 STAT_COLUMNS: tuple[str, ...] = COLUMNS[COLUMNS.index("voxels") :]
