@@ -8,6 +8,16 @@ files (:mod:`qsm_bids.report.assemble`).
 
 A figure that cannot be drawn does not fail the run: the node logs a warning and writes
 nothing, and the report draws what it can from the derivatives instead.
+
+Wiring (per run, ``rep = Reportlets.for_run(output_dir, run)``): ``reportlets=rep`` to
+``init_mask_wf``, ``init_unwrap_wf``, ``init_echo_combination_wf``, ``init_r2star_wf``,
+``init_registration_wf``, ``init_segmentation_wf``, to the ``init_background_wf`` whose
+local field is written (the plain pass; with feedback the consistent pass) and to
+``init_two_pass_wf`` when it runs (its combination's local field). The map's figures
+(``desc-chimap``, ``desc-streaking``, ``desc-reference``) come from
+:func:`qsm_bids.pipeline.susceptibility.init_chi_reportlets_wf`, fed with the map after the
+phase-sign check (its inputs: ``chi``, ``local_mask``, ``brain_mask``, ``meta``,
+``reference_note``, ``r2star``, ``magnitude``).
 """
 
 from __future__ import annotations
