@@ -27,7 +27,7 @@ import csv
 import datetime as _dt
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,6 @@ class Figure:
     title: str
     caption: str
     stage: str
-    drawn_now: bool
 
 
 def _figure_makers(
@@ -202,18 +201,16 @@ def run_figures(
         if not shown.get(desc, True):
             continue
         path = rl.find_figure(output_dir, run.prefix, desc)
-        drawn = False
         if path is None and makers.get(desc) is not None:
             target = rl.figure_path(output_dir, run.prefix, desc)
             try:
                 path = makers[desc](target)  # type: ignore[misc]
-                drawn = True
             except Exception as exc:  # a broken file must not stop the report
                 problems.append(f"could not draw the {spec.title.lower()} figure: {exc}")
         if path is None:
             continue
         src = Path(os.path.relpath(path, output_dir)).as_posix()
-        out.append(Figure(desc, src, spec.title, spec.caption, spec.stage, drawn))
+        out.append(Figure(desc, src, spec.title, spec.caption, spec.stage))
     return out
 
 
@@ -299,7 +296,6 @@ class RunSection:
     version: str
     has_chimap: bool
     pipeline: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _quality_rows(info: collect.RegistrationInfo | None) -> list[tuple[str, str]]:
