@@ -201,6 +201,23 @@ def test_labels_and_registration_reportlets(small_run, tmp_path):
     assert _not_blank(Path(written)) > 0.02
 
 
+def test_brainmask_reportlet_without_magnitude(small_run, tmp_path):
+    """Phase-only data: the mask is drawn over the first echo's phase."""
+    from qsm_bids.interfaces.reportlets import BrainMaskReportlet
+
+    *_, results = small_run
+    out = tmp_path / "out"
+    res = BrainMaskReportlet(
+        output_dir=str(out),
+        prefix="sub-02",
+        mask=results["brain_mask"].outputs.mask,
+        phase=results["load"].outputs.phase,
+    ).run(cwd=str(tmp_path))
+    (written,) = res.outputs.out_report
+    assert Path(written) == out / "sub-02" / "figures" / "sub-02_desc-brainmask_qc.png"
+    assert _not_blank(Path(written)) > 0.02
+
+
 def test_a_failing_reportlet_warns_and_writes_nothing(tmp_path):
     bad = tmp_path / "labels.nii.gz"
     nb.save(nb.Nifti1Image(np.ones((3, 3, 3), np.float32), np.eye(4)), bad)
