@@ -40,6 +40,7 @@ import numpy as np
 
 from qsm_bids import registry
 from qsm_bids.cli.participant import run_participant_level
+from qsm_bids.config import Config, ExecutionSettings, WorkflowSettings, new_run_stamp
 from qsm_bids.core.background.feedback import remove_with_feedback, susceptibility_field
 from qsm_bids.core.kernels import b0_direction, voxel_sizes
 from qsm_bids.core.linalg import one_blas_thread
@@ -54,6 +55,21 @@ ECHOES = {3.0: (0.004, 0.010, 0.016, 0.022, 0.028), 7.0: (0.004, 0.010, 0.016, 0
 
 def load(path: Path) -> np.ndarray:
     return np.asarray(nb.load(path).dataobj, dtype=np.float32)
+
+
+def participant_config(bids: Path, out: Path, work: Path, pipeline: str) -> Config:
+    """The participant level on the simulated ``bids`` without registration or BIDS
+    validation (the simulator's output is validated by the tests)."""
+    return Config(
+        execution=ExecutionSettings(
+            bids_dir=bids,
+            output_dir=out,
+            work_dir=work,
+            skip_bids_validation=True,
+            run_stamp=new_run_stamp(),
+        ),
+        workflow=WorkflowSettings(pipeline=pipeline, registration=False),
+    )
 
 
 def _worst_dgm(metrics: dict) -> float:
@@ -194,7 +210,7 @@ def full_table(
         recipe = load_recipe(name)
         out = tmp / f"out-{name}"
         res = run_participant_level(
-            bids, out, recipe, work_dir=tmp / f"w-{name}", registration=False
+            participant_config(bids, out, tmp / f"w-{name}", name), recipe=recipe
         )
         if not res.succeeded:
             print(f"| {name} | failed: {res.failed} |")

@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from accuracy import builtin_truth, load  # benchmarks/accuracy.py (same folder)
+from accuracy import builtin_truth, load, participant_config  # benchmarks/accuracy.py (same folder)
 
 from qsm_bids.cli.participant import run_participant_level
 from qsm_bids.core.linalg import one_blas_thread
 from qsm_bids.evaluate import evaluate_maps
-from qsm_bids.recipe import load_recipe
 from qsm_bids.simulate.dataset import simulate_dataset
 
 #: name -> (description, simulate_dataset keyword arguments)
@@ -77,11 +76,7 @@ def run_condition(
         out = tmp / f"out-{name}-{recipe_name}"
         t0 = time.perf_counter()
         res = run_participant_level(
-            bids,
-            out,
-            load_recipe(recipe_name),
-            work_dir=tmp / f"w-{name}-{recipe_name}",
-            registration=False,
+            participant_config(bids, out, tmp / f"w-{name}-{recipe_name}", recipe_name)
         )
         seconds = time.perf_counter() - t0
         if not res.succeeded:

@@ -12,13 +12,18 @@ import pytest
 
 from qsm_bids.bids import derivatives as deriv
 from qsm_bids.bids.derivatives import (
+    BIDSIGNORE,
+    README_TITLE,
     derivative_path,
+    derivative_uri,
     detect_container,
     sidecar_for,
     sidecar_path,
+    write_bidsignore,
     write_dataset_description,
     write_json_atomic,
     write_nifti_atomic,
+    write_readme,
 )
 from qsm_bids.bids.layout import Run
 
@@ -231,6 +236,63 @@ def test_dataset_description(tmp_path, monkeypatch):
     assert _listing(out) == ["dataset_description.json"]
 
 
+def test_dataset_description_carries_the_raw_datasets_terms(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "x",
+                "Authors": ["A. B.", "C. D."],
+                "License": "PDDL",
+                "DatasetDOI": "doi:10.18112/openneuro.ds000001.v1",
+            }
+        )  # fmt: skip
+    )
+    d = deriv.dataset_description(version="1", container={}, source_dir=raw)
+    assert d["Authors"] == ["A. B.", "C. D."] and d["License"] == "PDDL"
+    assert d["SourceDatasets"] == [
+        {"URL": "bids:raw:", "DOI": "doi:10.18112/openneuro.ds000001.v1"}
+    ]
+    assert "logs/CITATION.md" in d["HowToAcknowledge"]
+    # a raw dataset without them: none invented
+    (raw / "dataset_description.json").write_text("{}")
+    d = deriv.dataset_description(version="1", container={}, source_dir=raw)
+    assert "Authors" not in d and "License" not in d
+    assert d["SourceDatasets"] == [{"URL": "bids:raw:"}]
+
+
+def test_readme_written_updated_and_a_users_own_kept(tmp_path):
+    path = write_readme(tmp_path)
+    text = path.read_text()
+    assert path.name == "README.md" and text.startswith(README_TITLE)
+    assert "desc-total_fieldmap" in text and "*_xfm.*" in text
+    path.write_text(README_TITLE + "\nold version\n")
+    assert write_readme(tmp_path).read_text() == text  # ours: brought up to date
+    path.write_text("# My study\n")
+    assert write_readme(tmp_path).read_text() == "# My study\n"  # the user's: kept
+
+
+def test_bidsignore_created_updated_and_user_lines_kept(tmp_path):
+    path = write_bidsignore(tmp_path)
+    lines = path.read_text().splitlines()
+    patterns = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert patterns == [p for p, _ in BIDSIGNORE]
+    # one comment (the reason) right above each pattern
+    for pattern in patterns:
+        assert lines[lines.index(pattern) - 1].startswith("# ")
+    assert not any(p.endswith("/") for p in patterns)  # the validator skips no "dir/"
+    # a file an older version wrote is brought up to date; the user's own line is kept
+    path.write_text("logs/\ngroup/\nsub-*.html\nsub-*/figures/\nextra/*.txt\n")
+    new = write_bidsignore(tmp_path).read_text().splitlines()
+    assert "sub-*/figures/" not in new and "logs/" not in new
+    assert [ln for ln in new if ln and not ln.startswith("#")] == [*patterns, "extra/*.txt"]
+    before = path.stat().st_mtime_ns
+    os.utime(path, ns=(before - 10**9, before - 10**9))
+    write_bidsignore(tmp_path)  # current: left untouched
+    assert path.stat().st_mtime_ns == before - 10**9
+
+
 def test_detect_container(tmp_path, monkeypatch):
     for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
         monkeypatch.delenv(var, raising=False)
@@ -264,3 +326,11 @@ def test_sidecar_for(tmp_path):
     m = sidecar_for(r, sources=r.phase_files[:1], bids_dir=tmp_path / "raw")
     assert m == {"Sources": [s["Sources"][0]]}
     json.dumps(s)
+    # Description; SpatialReference: a raw file as its BIDS URI, a template name as is
+    d = sidecar_for(r, description="A mask", spatial_reference=r.phase_files[0])
+    assert d["Description"] == "A mask" and d["SpatialReference"] == s["Sources"][0]
+    t = sidecar_for(r, spatial_reference="MNI152NLin2009aSym")
+    assert t["SpatialReference"] == "MNI152NLin2009aSym"
+    assert derivative_uri(r, "mask", desc="brain") == (
+        "bids::sub-01/ses-A/anat/sub-01_ses-A_run-1_desc-brain_mask.nii.gz"
+    )

@@ -41,7 +41,10 @@ def test_help_lists_every_option():
     )
     assert out.returncode == 0
     for option in ("--participant-label", "--session-label", "--work-dir", "--nprocs",
-                   "--mem-gb", "--pipeline", "--mask-file", "simulate", "demo"):  # fmt: skip
+                   "--mem-gb", "--pipeline", "--mask-file", "simulate", "demo",
+                   "--bids-filter-file", "--skip-bids-validation", "--stop-on-first-crash",
+                   "--reports-only", "--boilerplate-only", "--config-file", "--omp-nthreads",
+                   "--random-seed", "--mem", "--force-regionstats"):  # fmt: skip
         assert option in out.stdout
 
 
@@ -56,7 +59,8 @@ def test_subcommand_help(command, capsys):
 def test_unknown_participant_is_a_clear_error(tmp_path, capsys):
     bids = _tiny_bids(tmp_path / "bids")
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "--participant-label", "99"])
+    code = main([str(bids), str(out), "participant", "--participant-label", "99",
+                 "--skip-bids-validation"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     assert "99" in err and "01" in err
@@ -95,7 +99,8 @@ def test_a_failing_run_is_summarised_in_one_line_with_exit_code_1(tmp_path, caps
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--pipeline", str(tmp_path / "r.toml"),
                  "--reference-mask", str(tmp_path / "ref.nii.gz"),
-                 "-w", str(tmp_path / "work"), "--no-registration"])  # fmt: skip
+                 "-w", str(tmp_path / "work"), "--no-registration",
+                 "--skip-bids-validation"])  # fmt: skip
     assert code == 1
     failed = [ln for ln in capsys.readouterr().err.splitlines() if "FAILED sub-01:" in ln]
     assert failed and "does not overlap" in failed[0] and "crash-" in failed[0]
@@ -112,7 +117,8 @@ def test_a_participant_with_a_corrupt_file_is_skipped_and_the_others_run(tmp_pat
     bad.write_bytes(bad.read_bytes()[:100])  # truncated
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--pipeline", "fast",
-                 "-w", str(tmp_path / "work"), "--no-registration"])  # fmt: skip
+                 "-w", str(tmp_path / "work"), "--no-registration",
+                 "--skip-bids-validation"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     assert "SKIPPED sub-02" in err and str(bad) in err
@@ -130,7 +136,8 @@ def test_a_mask_on_another_grid_is_refused_before_running(tmp_path, capsys):
     nb.Nifti1Image(np.ones((5, 5, 5), np.uint8), np.eye(4)).to_filename(wrong)
     out = tmp_path / "out"
     for option in ("--mask-file", "--reference-mask"):
-        code = main([str(bids), str(out), "participant", option, str(wrong)])
+        code = main([str(bids), str(out), "participant", option, str(wrong),
+                     "--skip-bids-validation"])  # fmt: skip
         err = capsys.readouterr().err
         assert code == 2
         assert str(wrong) in err and "differs from the data" in err

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
+from qsm_bids.core.inversion.common import grad_add, grad_adjoint
 from qsm_bids.core.kernels import irfftn, rfftn
 from qsm_bids.core.linalg import KSpacePreconditioner, conjugate_gradient
 from qsm_bids.core.stencils import weighted_div_grad
@@ -78,10 +78,10 @@ def test_weighted_div_grad_matches_the_numpy_composition() -> None:
     r = [rng.random(SHAPE).astype(np.float32) for _ in range(3)]
     inv_h = [1.0, 0.8, 0.5]
     g = [np.zeros(SHAPE, np.float32) for _ in range(3)]
-    _grad_add(x, inv_h, g)
+    grad_add(x, inv_h, g)
     for ga, ra in zip(g, r, strict=True):
         ga *= ra
-    expected = _grad_adjoint(g, inv_h, np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32))
+    expected = grad_adjoint(g, inv_h, np.empty(SHAPE, np.float32), np.empty(SHAPE, np.float32))
     out = weighted_div_grad(x, r, inv_h, np.empty(SHAPE, np.float32))
     assert np.allclose(out, expected, atol=1e-5)
     # <x, G^T R G x> = ||sqrt(R) G x||^2 >= 0, and a constant is in the null space

@@ -201,7 +201,7 @@ def test_regional_statistics_after_registration_match_the_truth(e2e):
         est = sum(p["mean_ppm"] * p["voxels"] for p in parts) / n
         true = float(chi_true[(labels == true_label) & local].mean())
         assert abs(est - true) < 0.03, f"{region}: {est:+.4f} vs {true:+.4f} ppm"
-    for name in ("space-MNI152NLin2009aSym_Chimap.nii.gz", "space-orig_dseg.nii.gz"):
+    for name in ("space-MNI152NLin2009aSym_Chimap.nii.gz", "desc-aal3_dseg.nii.gz"):
         assert (out / ANAT / f"sub-01_{name}").is_file()
     assert (out / "sub-01.html").is_file()
 

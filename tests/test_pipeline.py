@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qsm_bids.bids.layout import find_runs
+from qsm_bids.config import Config, ExecutionSettings, NipypeSettings, WorkflowSettings
 from qsm_bids.pipeline.base import init_participant_wf, init_qsm_wf, phase_only_recipe
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
 from qsm_bids.pipeline.susceptibility import (
@@ -22,6 +23,15 @@ from tests.test_cli import _tiny_bids
 @pytest.fixture
 def recipe():
     return load_recipe("default")
+
+
+def _config(root: Path, bids: Path, nprocs: int = 0, omp_nthreads: int = 0, **workflow) -> Config:
+    """A config for building workflows on ``bids`` (outputs and work folder under ``root``)."""
+    return Config(
+        execution=ExecutionSettings(bids_dir=bids, output_dir=root / "out", work_dir=root / "w"),
+        workflow=WorkflowSettings(**workflow),
+        nipype=NipypeSettings(nprocs=nprocs, omp_nthreads=omp_nthreads),
+    )
 
 
 def test_stage_builders_have_input_and_output_nodes(recipe):
@@ -49,21 +59,38 @@ def test_stage_node_carries_the_recipe_choice(recipe):
 def test_run_workflow_has_every_stage(tmp_path: Path, recipe):
     bids = _tiny_bids(tmp_path / "bids")
     run = find_runs(bids)[0]
-    wf = init_qsm_wf(run, recipe, output_dir=tmp_path / "out", bids_dir=bids)
+    wf = init_qsm_wf(run, _config(tmp_path, bids), recipe=recipe)
     names = set(wf.list_node_names())
     for node in ("load", "mask_wf.brain_mask", "unwrap_wf.unwrap", "combine_wf.combine",
                  "background_wf.background", "inversion_wf.invert", "inversion_wf.reference",
-                 "r2star_wf.r2star", "derivatives"):  # fmt: skip
+                 "r2star_wf.r2star", "outputs_wf.phase_sign",
+                 "outputs_wf.derivatives"):  # fmt: skip
         assert node in names
-    wf = init_participant_wf([run], recipe, output_dir=tmp_path / "o", bids_dir=bids,
-                             work_dir=tmp_path / "w")  # fmt: skip
-    assert wf.base_dir == str(tmp_path / "w")
+    wf = init_participant_wf([run], _config(tmp_path, bids))
+    assert wf.base_dir == str((tmp_path / "w").resolve())
+
+
+def _dataflow(wf) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """The graph nipype executes (sub-workflows flattened, identity nodes removed):
+    (source, destination) node names, relative to ``wf`` -> the connected (output, input)
+    ports. Independent of how the builders nest their sub-workflows."""
+    from copy import deepcopy
+
+    from nipype.pipeline.engine.utils import _remove_nonjoin_identity_nodes
+
+    flat = _remove_nonjoin_identity_nodes(deepcopy(wf._create_flat_graph()))
+    prefix = wf.name + "."
+    return {
+        (u.fullname.removeprefix(prefix), v.fullname.removeprefix(prefix)): set(d["connect"])
+        for u, v, d in flat.edges(data=True)
+    }
 
 
 @pytest.mark.parametrize("passes", [0, 2])
 def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, passes):
     """``dipole_feedback = N`` adds N background + inversion pairs, each fed the previous
-    unreferenced map; the derivatives and the sign check take the last pair's outputs."""
+    unreferenced map; the derivatives and the sign check take the last pair's outputs, and
+    the local field written is one more plain (not relaxed) pass on the final map."""
     from dataclasses import replace
 
     from qsm_bids import registry
@@ -73,40 +100,91 @@ def test_feedback_passes_chain_background_and_inversion(tmp_path: Path, recipe, 
     bg = recipe["background"]
     choice = replace(bg, params={**bg.params, registry.FEEDBACK: passes})
     recipe = replace(recipe, stages={**recipe.stages, "background": choice})
-    wf = init_qsm_wf(run, recipe, output_dir=tmp_path / "out", bids_dir=bids)
+    wf = init_qsm_wf(run, _config(tmp_path, bids), recipe=recipe)
     names = set(wf.list_node_names())
+    feedback = "feedback_wf.background_feedback{}_wf.background".format
+    inversion = "feedback_wf.inversion_feedback{}_wf.{}".format
+    consistent = "feedback_wf.background_consistent_wf.background"
     for i in range(1, passes + 1):
-        assert f"background_feedback{i}_wf.background" in names
-        assert f"inversion_feedback{i}_wf.invert" in names
-    assert f"background_feedback{passes + 1}_wf.background" not in names
-    graph = wf._graph
-    last_bg = wf.get_node(f"background_feedback{passes}_wf" if passes else "background_wf")
-    last_inv = wf.get_node(f"inversion_feedback{passes}_wf" if passes else "inversion_wf")
-    assert graph.has_edge(last_inv, wf.get_node("phase_sign"))
-    # the local field written: with feedback, one more plain linear pass on the final map
-    written = wf.get_node("background_consistent_wf") if passes else last_bg
-    assert ("background_consistent_wf.background" in names) == bool(passes)
-    edge = graph.get_edge_data(written, wf.get_node("derivatives"))
-    assert ("outputnode.local_field", "local_field") in edge["connect"]
-    if passes:
-        edge = graph.get_edge_data(last_inv, written)
-        assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]
-        edge = graph.get_edge_data(wf.get_node("background_wf"), written)
-        assert ("outputnode.local_field", "inputnode.first_local") in edge["connect"]
-        # and it is not relaxed: nothing feeds its previous_local
-        into = [c for u in graph.predecessors(written) for c in graph[u][written]["connect"]]
-        assert all(dst != "inputnode.previous_local" for _, dst in into)
-        edge = graph.get_edge_data(wf.get_node("inversion_feedback1_wf"), last_bg)
-        assert ("outputnode.chi_raw", "inputnode.chi") in edge["connect"]
-        # each pass is over-relaxed from the local field of the pass before it
-        edge = graph.get_edge_data(wf.get_node("background_feedback1_wf"), last_bg)
-        assert ("outputnode.local_field", "inputnode.previous_local") in edge["connect"]
-        assert ("outputnode.local_mask", "inputnode.chi_mask") in edge["connect"]
+        assert feedback(i) in names and inversion(i, "invert") in names
+    assert feedback(passes + 1) not in names
+    assert (consistent in names) == bool(passes)
+    flow = _dataflow(wf)
+    last_bg = feedback(passes) if passes else "background_wf.background"
+    last_ref = inversion(passes, "reference") if passes else "inversion_wf.reference"
+    written_bg = consistent if passes else last_bg
+    sign, write = "outputs_wf.phase_sign", "outputs_wf.derivatives"
+    assert ("chi", "chi") in flow[last_ref, sign]
+    assert ("local_mask", "mask") in flow[last_bg, sign]
+    assert ("local_mask", "local_mask") in flow[last_bg, write]
+    assert ("local_field", "local_field") in flow[written_bg, write]
+    assert ("note", "reference_note") in flow[last_ref, write]
+    assert ("chi", "chi") in flow[sign, write]
+    if not passes:
+        return
+    first = "background_wf.background"
+    last_inv = inversion(passes, "invert")
+    # the consistent pass: on the final map and its pass's mask, in the linear form, and
+    # not relaxed (nothing feeds its previous_local)
+    assert ("chi", "chi") in flow[last_inv, consistent]
+    assert ("local_mask", "chi_mask") in flow[last_bg, consistent]
+    assert ("local_field", "first_local") in flow[first, consistent]
+    into = {dst for (_, v), ports in flow.items() if v == consistent for _, dst in ports}
+    assert "previous_local" not in into and {"field", "mask", "meta"} <= into
+    # pass 1 starts from the first map (its mask, over-relaxed from its local field) ...
+    assert ("chi", "chi") in flow["inversion_wf.invert", feedback(1)]
+    assert {("local_mask", "chi_mask"), ("local_field", "previous_local"),
+            ("local_field", "first_local")} <= flow[first, feedback(1)]  # fmt: skip
+    # ... and pass i from pass i - 1's map, mask and local field
+    for i in range(2, passes + 1):
+        assert ("chi", "chi") in flow[inversion(i - 1, "invert"), feedback(i)]
+        previous = flow[feedback(i - 1), feedback(i)]
+        assert {("local_mask", "chi_mask"), ("local_field", "previous_local")} <= previous
         # every pass removes the background of the map's field alone (the linear form)
-        first = wf.get_node("background_wf")
-        for i in range(1, passes + 1):
-            edge = graph.get_edge_data(first, wf.get_node(f"background_feedback{i}_wf"))
-            assert ("outputnode.local_field", "inputnode.first_local") in edge["connect"]
+        assert ("local_field", "first_local") in flow[first, feedback(i)]
+    # every inversion inverts its own pass's local field
+    for i in range(1, passes + 1):
+        assert ("local_field", "local_field") in flow[feedback(i), inversion(i, "invert")]
+
+
+def test_two_pass_takes_the_final_feedback_pass_and_its_outputs_are_written(tmp_path, recipe):
+    """``two_pass = true``: the field is unwrapped and fitted (and R2* mapped) on the mask
+    with its holes filled; the second pass combines with the final feedback pass (its map,
+    its mask, the consistent local field) and its outputs are the ones checked and
+    written; the first pass's background still runs on the brain mask itself."""
+    from dataclasses import replace
+
+    from qsm_bids import registry
+
+    bids = _tiny_bids(tmp_path / "bids")
+    run = find_runs(bids)[0]
+    inv = recipe["inversion"]
+    inv = replace(inv, params={**inv.params, registry.TWO_PASS: True})
+    recipe = replace(recipe, stages={**recipe.stages, "inversion": inv})
+    passes = recipe["background"].params[registry.FEEDBACK]
+    assert passes >= 1
+    flow = _dataflow(init_qsm_wf(run, _config(tmp_path, bids), recipe=recipe))
+    fill, brain = "field_mask_wf.fill_mask_holes", "mask_wf.brain_mask"
+    assert ("mask", "mask") in flow[brain, fill]
+    for step in ("unwrap_wf.unwrap", "combine_wf.combine", "r2star_wf.r2star",
+                 "two_pass_wf.background_wf.background"):  # fmt: skip
+        assert ("mask", "mask") in flow[fill, step]
+        assert (brain, step) not in flow
+    assert ("mask", "mask") in flow[brain, "background_wf.background"]
+    assert ("phase", "phase") in flow["load", "unwrap_wf.unwrap"]
+    combine = "two_pass_wf.combine"
+    final = f"feedback_wf.inversion_feedback{passes}_wf.invert"
+    assert ("chi", "chi_reliable") in flow[final, combine]
+    assert ("local_field", "local_reliable") in flow[
+        "feedback_wf.background_consistent_wf.background", combine]  # fmt: skip
+    assert ("local_mask", "reliable_mask") in flow[
+        f"feedback_wf.background_feedback{passes}_wf.background", combine]  # fmt: skip
+    write, sign = "outputs_wf.derivatives", "outputs_wf.phase_sign"
+    assert {("local_field", "local_field"), ("mask", "local_mask")} <= flow[combine, write]
+    assert ("mask", "mask") in flow[combine, sign]
+    assert ("chi", "chi") in flow["two_pass_wf.reference", sign]
+    assert ("note", "reference_note") in flow["two_pass_wf.reference", write]
+    assert ("r2star", "r2star") in flow["r2star_wf.r2star", "two_pass_wf.reference"]
 
 
 def test_feedback_passes_and_the_first_map_take_their_own_iteration_counts(tmp_path, recipe):
@@ -126,20 +204,23 @@ def test_feedback_passes_and_the_first_map_take_their_own_iteration_counts(tmp_p
         "inversion": replace(inv, params={**inv.params, registry.PRELIMINARY_MAX_ITER: 2,
                                           "max_iter": 9}),
     }  # fmt: skip
-    wf = init_qsm_wf(run, replace(recipe, stages=stages), output_dir=tmp_path / "o", bids_dir=bids)
+    config = _config(tmp_path, bids)
+    wf = init_qsm_wf(run, config, recipe=replace(recipe, stages=stages))
     params = {n: wf.get_node(n).inputs.params["max_iter"] for n in (
-        "background_wf.background", "background_feedback1_wf.background",
-        "inversion_wf.invert", "inversion_feedback1_wf.invert")}  # fmt: skip
+        "background_wf.background", "feedback_wf.background_feedback1_wf.background",
+        "feedback_wf.background_consistent_wf.background",
+        "inversion_wf.invert", "feedback_wf.inversion_feedback1_wf.invert")}  # fmt: skip
     assert params == {
         "background_wf.background": 40,
-        "background_feedback1_wf.background": 7,
+        "feedback_wf.background_feedback1_wf.background": 7,
+        "feedback_wf.background_consistent_wf.background": 7,
         "inversion_wf.invert": 2,
-        "inversion_feedback1_wf.invert": 9,
+        "feedback_wf.inversion_feedback1_wf.invert": 9,
     }
     # without feedback passes the one inversion is the result: its own max_iter
     stages["background"] = replace(stages["background"], params={
         **stages["background"].params, registry.FEEDBACK: 0})  # fmt: skip
-    wf = init_qsm_wf(run, replace(recipe, stages=stages), output_dir=tmp_path / "p", bids_dir=bids)
+    wf = init_qsm_wf(run, config, recipe=replace(recipe, stages=stages))
     assert wf.get_node("inversion_wf.invert").inputs.params["max_iter"] == 9
 
 
@@ -159,11 +240,12 @@ def test_cores_are_shared_between_runs(tmp_path: Path, recipe):
     runs = find_runs(bids)
     assert [r.subject for r in runs] == ["01", "02"]
 
-    def heavy_threads(n_runs: int, cores: int) -> int:
-        wf = init_participant_wf(runs[:n_runs], recipe, output_dir=tmp_path / "o",
-                                 bids_dir=bids, work_dir=tmp_path / "w", n_procs=cores)  # fmt: skip
+    def heavy_threads(n_runs: int, cores: int, omp_nthreads: int = 0) -> int:
+        config = _config(tmp_path, bids, nprocs=cores, omp_nthreads=omp_nthreads)
+        wf = init_participant_wf(runs[:n_runs], config)
         return wf.get_node("qsm_sub_01.inversion_wf.invert").n_procs
 
     assert heavy_threads(1, 4) == 4  # one run: all cores for its FFTs
     assert heavy_threads(2, 4) == 2  # two runs side by side
     assert heavy_threads(2, 1) == 1
+    assert heavy_threads(2, 4, omp_nthreads=3) == 3  # --omp-nthreads: as given

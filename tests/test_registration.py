@@ -127,8 +127,9 @@ def test_registration_workflow_on_phantom(subject, tmp_path):
     expected = [
         f"sub-01_space-{TEMPLATE_SPACE}_Chimap.nii.gz",
         f"sub-01_space-{TEMPLATE_SPACE}_Chimap.json",
-        "sub-01_space-orig_dseg.nii.gz",
-        "sub-01_space-orig_dseg.json",
+        "sub-01_desc-aal3_dseg.nii.gz",
+        "sub-01_desc-aal3_dseg.json",
+        "sub-01_desc-aal3_dseg.tsv",
         f"sub-01_from-orig_to-{TEMPLATE_SPACE}_mode-image_desc-affine_xfm.mat",
         f"sub-01_from-orig_to-{TEMPLATE_SPACE}_mode-image_desc-warp_xfm.nii.gz",
         f"sub-01_from-{TEMPLATE_SPACE}_to-orig_mode-image_desc-warp_xfm.nii.gz",
@@ -138,7 +139,7 @@ def test_registration_workflow_on_phantom(subject, tmp_path):
     ]
     assert sorted(expected) == names
     assert not [p for p in anat_out.iterdir() if p.name.startswith(".")]  # no temporaries
-    assert (out / "dseg.tsv").read_text() == dseg_tsv(aal3_names())
+    assert (anat_out / "sub-01_desc-aal3_dseg.tsv").read_text() == dseg_tsv(aal3_names())
     side = json.loads((anat_out / f"sub-01_space-{TEMPLATE_SPACE}_Chimap.json").read_text())
     assert side["Units"] == "ppm" and side["Registration"]["RandomSeed"] == 1234
     cols = json.loads((anat_out / "sub-01_desc-aal3_regionstats.json").read_text())
@@ -149,7 +150,7 @@ def test_registration_workflow_on_phantom(subject, tmp_path):
     assert all((anat_out / f).exists() for f in xfm["FromOrigToTemplate"]["Transforms"])
 
     # (1) atlas in subject space vs the true segmentation (AAL3 left/right merged)
-    dseg = nb.load(anat_out / "sub-01_space-orig_dseg.nii.gz")
+    dseg = nb.load(anat_out / "sub-01_desc-aal3_dseg.nii.gz")
     assert np.allclose(dseg.affine, aff, atol=1e-4)
     merged, mnames = merge_labels(np.asarray(dseg.dataobj), AAL3_DEEP_GREY)
     dice = {n: _dice(merged == k, subj.labels == TRUTH[n]) for k, n in mnames.items()}

@@ -70,6 +70,7 @@ def dataset(tmp_path_factory):
 
 def test_t1w_path_through_the_registration_workflow(dataset):
     from qsm_bids.bids.layout import find_runs
+    from qsm_bids.config import Config, ExecutionSettings
     from qsm_bids.interfaces.registration import read_regionstats_tsv
     from qsm_bids.pipeline.base import init_qsm_wf
     from qsm_bids.pipeline.registration import init_registration_wf
@@ -86,7 +87,8 @@ def test_t1w_path_through_the_registration_workflow(dataset):
     # the layout finds the T1w beside the GRE, and the participant workflow passes it on
     run = find_runs(bids)[0]
     assert run.t1w is not None and run.t1w.name == "sub-01_T1w.nii.gz"
-    qsm_wf = init_qsm_wf(run, load_recipe("default"), output_dir=root / "o", bids_dir=bids)
+    config = Config(execution=ExecutionSettings(bids_dir=bids, output_dir=root / "o"))
+    qsm_wf = init_qsm_wf(run, config, recipe=load_recipe("default"))
     assert qsm_wf.get_node("registration_wf.inputnode").inputs.t1w == str(run.t1w)
 
     # inputs of the registration branch: echo-averaged magnitude, true mask and true chi
@@ -142,7 +144,7 @@ def test_t1w_path_through_the_registration_workflow(dataset):
     assert motion > 1.0 and err.mean() < 0.5 and err.max() < 1.0, (motion, err.mean())
 
     # (3) the atlas in GRE space vs the true labels (reached 0.84, 0.80, 0.89)
-    dseg = nb.load(anat_out / "sub-01_space-orig_dseg.nii.gz")
+    dseg = nb.load(anat_out / "sub-01_desc-aal3_dseg.nii.gz")
     assert np.allclose(dseg.affine, mag_img.affine, atol=1e-4)
     dice = _deep_grey_dice(np.asarray(dseg.dataobj), labels)
     print("Dice via T1w", dice)

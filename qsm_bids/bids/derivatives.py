@@ -8,14 +8,24 @@ sidecar is written only after the image itself exists, so a sidecar implies its 
 Derivative names follow BIDS: the run's entities (``sub``, ``ses``, ``acq``, ``run``, ...;
 never ``echo`` or ``part``), then ``space`` and ``desc``, then the suffix, e.g.
 ``sub-01/ses-A/anat/sub-01_ses-A_acq-x_run-1_desc-romeo_Chimap.nii.gz``.
+
+One space convention: maps on the run's own (GRE) grid carry no ``space-`` entity (their
+sidecars' ``SpatialReference`` names the echo image whose grid they share); maps in template
+space carry ``space-MNI152NLin2009aSym``. Every sidecar has a ``Description`` and
+``Sources`` as BIDS URIs: ``bids:raw:<path>`` for files of the raw dataset (``DatasetLinks``
+of ``dataset_description.json``), ``bids::<path>`` for files of the derivatives themselves.
+Files that BIDS has no name for (the field maps in Hz, transforms, region tables, reports,
+logs) are listed in ``.bidsignore`` with the reason (:data:`BIDSIGNORE`).
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +41,41 @@ PIPELINE_NAME = "qsm_bids"
 BIDS_VERSION = "1.10.0"
 #: Source code location recorded in ``GeneratedBy`` (placeholder until the project is public).
 CODE_URL = "https://github.com/qsm-bids/qsm_bids"
+#: ``HowToAcknowledge`` of the derivatives' ``dataset_description.json``.
+HOW_TO_ACKNOWLEDGE = (
+    "Cite qsm_bids (GeneratedBy.CodeURL, with its version) and the methods it ran: paste the "
+    "methods text and its references from logs/CITATION.md (also in each participant's "
+    "report) into the methods section of your paper."
+)
+
+#: ``.bidsignore`` of the derivatives: (pattern, why BIDS validation must skip it). Folder
+#: patterns have no trailing slash: the BIDS validator 3 does not match ``dir/`` to the
+#: folder itself (measured with bids-validator-deno 3.0: ``sub-*/figures/`` left
+#: ``/sub-01/figures/`` reported as NOT_INCLUDED).
+BIDSIGNORE: tuple[tuple[str, str], ...] = (
+    ("logs", "log files, the run configuration and the methods text; not BIDS data"),
+    ("group", "group-level tables and figures (qsm-bids ... group); not BIDS data"),
+    ("sub-*.html", "participant reports"),
+    ("sub-*/figures", "figures of the participant reports"),
+    (
+        "*_desc-total_fieldmap.*",
+        "total field (Hz) fitted over the echoes: BIDS has no suffix for a field map in anat/ "
+        "(fieldmap belongs to fmap/, for distortion correction, which this is not)",
+    ),
+    (
+        "*_desc-local_fieldmap.*",
+        "local (tissue) field (Hz) after background field removal: no BIDS suffix either",
+    ),
+    (
+        "*_xfm.*",
+        "ANTs transforms to and from the template: BIDS 1.10 defines no transform files yet "
+        "(names follow the BEP014 draft and NiPreps: from-, to-, mode-)",
+    ),
+    ("*_regionstats.*", "regional susceptibility tables: no BIDS suffix for them"),
+)
+#: Patterns that older qsm_bids versions wrote and this one no longer does (an existing
+#: ``.bidsignore`` is rewritten without them; other lines a user added are kept).
+_STALE_BIDSIGNORE = ("logs/", "group/", "sub-*/figures/")
 
 _LABEL = re.compile(r"^[a-zA-Z0-9+]+$")
 _NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -110,6 +155,26 @@ def derivative_path(
     return folder / "anat" / ("_".join(parts) + f"_{suffix}{extension}")
 
 
+def derivative_uri(run: Run, suffix: str, **kwargs: Any) -> str:
+    """BIDS URI ``bids::<path>`` of a derivative of ``run`` in this derivatives dataset.
+
+    Parameters
+    ----------
+    run : Run
+        The source run.
+    suffix : str
+        BIDS suffix.
+    **kwargs
+        ``desc``, ``space``, ``extension`` as in :func:`derivative_path`.
+
+    Returns
+    -------
+    str
+        E.g. ``"bids::sub-01/anat/sub-01_desc-brain_mask.nii.gz"``.
+    """
+    return "bids::" + derivative_path(Path(""), run, suffix, **kwargs).as_posix()
+
+
 def sidecar_path(image_path: Path) -> Path:
     """The JSON sidecar path of an image (``.nii.gz`` / ``.nii`` replaced by ``.json``)."""
     image_path = Path(image_path)
@@ -181,6 +246,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: errors of a write that the user fixes with space or permissions, not a bug
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def explain_write_error(exc: OSError, path: Path) -> OSError:
+    """An :class:`OSError` of writing ``path`` restated for the user: the file, its folder
+    and, for a full disk or quota, the free space there. Other errors are returned as
+    they are."""
+    if exc.errno not in _DISK_ERRORS:
+        return exc
+    folder = Path(path).parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1024**2:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = "free some space or give another output folder, then rerun the same command"
+    else:
+        hint = "make the folder writable or give another output folder"
+    name = Path(path).name
+    return OSError(exc.errno, f"cannot write {name} in {folder} ({reason}; {free}): {hint}")
+
+
 def _commit(tmp: Path, path: Path) -> None:
     """fsync ``tmp`` and rename it over ``path``; remove ``tmp`` on any failure."""
     try:
@@ -241,10 +330,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
+        _commit(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise explain_write_error(exc, path) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _commit(tmp, path)
     return path
 
 
@@ -352,10 +444,13 @@ def write_nifti_atomic(
                     img.to_stream(gz)
             else:
                 img.to_stream(raw)
+        _commit(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise explain_write_error(exc, path) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _commit(tmp, path)
     if sidecar is not None:
         write_json_atomic(sidecar_path(path), sidecar)
     return path
@@ -397,6 +492,17 @@ def detect_container(root: Path = Path("/")) -> dict | None:
     return None
 
 
+def _raw_description(source_dir: Path | None) -> dict:
+    """The raw dataset's ``dataset_description.json`` ({} if absent or unreadable)."""
+    if source_dir is None:
+        return {}
+    try:
+        desc = json.loads((Path(source_dir) / "dataset_description.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return desc if isinstance(desc, dict) else {}
+
+
 def dataset_description(
     *, version: str, container: dict | None = None, source_dir: Path | None = None
 ) -> dict:
@@ -417,7 +523,17 @@ def dataset_description(
         "DatasetType": "derivative",
         "GeneratedBy": [generated],
     }
+    raw = _raw_description(source_dir)
+    # derived data: the raw data's authors and terms of use carry over
+    for key in ("Authors", "License"):
+        if raw.get(key):
+            desc[key] = raw[key]
+    desc["HowToAcknowledge"] = HOW_TO_ACKNOWLEDGE
     if source_dir is not None:
+        source: dict[str, Any] = {"URL": "bids:raw:"}
+        if isinstance(raw.get("DatasetDOI"), str) and raw["DatasetDOI"]:
+            source["DOI"] = raw["DatasetDOI"]
+        desc["SourceDatasets"] = [source]
         desc["DatasetLinks"] = {"raw": Path(source_dir).expanduser().resolve().as_uri()}
     return desc
 
@@ -441,15 +557,18 @@ def write_dataset_description(
         ``GeneratedBy[0].Container``; ``None`` detects it (:func:`detect_container`).
     source_dir : Path or None, default None
         Raw dataset; recorded as ``DatasetLinks.raw`` (a ``file://`` URI) so that the
-        sidecars' ``bids:raw:`` ``Sources`` resolve.
+        sidecars' ``bids:raw:`` ``Sources`` resolve, and as ``SourceDatasets``
+        (``bids:raw:``, with its ``DatasetDOI`` where it has one). Its ``Authors`` and
+        ``License`` are carried over (derived data falls under the raw data's terms).
 
     Returns
     -------
     Path
         The file's path. Content: ``Name`` "qsm_bids", ``BIDSVersion`` "1.10.0",
-        ``DatasetType`` "derivative", ``GeneratedBy`` and ``DatasetLinks``. An existing file
-        with the same content is left untouched; otherwise it is replaced atomically, so
-        concurrent participant-level processes are safe.
+        ``DatasetType`` "derivative", ``GeneratedBy``, ``HowToAcknowledge``, and with
+        ``source_dir`` ``SourceDatasets``, ``DatasetLinks``, ``Authors``, ``License``. An
+        existing file with the same content is left untouched; otherwise it is replaced
+        atomically, so concurrent participant-level processes are safe.
     """
     path = Path(output_dir) / "dataset_description.json"
     desc = dataset_description(version=version, container=container, source_dir=source_dir)
@@ -461,6 +580,126 @@ def write_dataset_description(
     return write_json_atomic(path, desc)
 
 
+#: First line of the README qsm_bids writes (a README without it is the user's: kept).
+README_TITLE = "# qsm_bids derivatives"
+
+
+def readme_text() -> str:
+    """The derivatives' README: what each file is (Markdown)."""
+    ignored = "\n".join(f"- `{pattern}`: {why}" for pattern, why in BIDSIGNORE)
+    return f"""{README_TITLE}
+
+Quantitative susceptibility mapping (QSM) of the multi-echo gradient-echo runs of the raw
+BIDS dataset named in `dataset_description.json` (`DatasetLinks.raw`), computed by qsm_bids
+(`GeneratedBy`: version, code URL, container). What ran, with its parameters and references,
+is in `logs/` and in the participant reports (`sub-<label>.html`).
+
+## Files per run
+
+In `sub-<label>/[ses-<label>/]anat/`, `<prefix>` being the run's entities (for example
+`sub-01_ses-1_run-1`):
+
+- `<prefix>_Chimap.nii.gz`: magnetic susceptibility (ppm), referenced as its sidecar says.
+- `<prefix>_R2starmap.nii.gz` (1/s) and `<prefix>_T2starmap.nii.gz` (s), where computed.
+- `<prefix>_desc-brain_mask.nii.gz`: brain mask; `<prefix>_desc-local_mask.nii.gz`: the
+  mask the local field and the susceptibility are defined on.
+- `<prefix>_desc-total_fieldmap.nii.gz`: total field (Hz) fitted over the echoes;
+  `<prefix>_desc-local_fieldmap.nii.gz`: local (tissue) field (Hz) after background field
+  removal. They are not `fmap/` field maps for distortion correction.
+- With registration: `<prefix>_space-MNI152NLin2009aSym_Chimap.nii.gz` (susceptibility in
+  template space), `<prefix>_desc-aal3_dseg.nii.gz` (+ `.tsv` of region names: the AAL3
+  atlas on the run's grid), the transforms `<prefix>_from-*_to-*_mode-image_*xfm.*` (how to
+  apply them: the `_xfm.json`), and `<prefix>_desc-aal3_regionstats.tsv` (susceptibility
+  per region, columns described in its `.json`).
+- With `--segmentation`: `<prefix>_desc-<name>_dseg.nii.gz` (+ `.tsv`) and
+  `<prefix>_desc-<name>_regionstats.tsv`.
+
+Maps on the run's own voxel grid have no `space-` entity; their sidecars'
+`SpatialReference` names the raw echo image whose grid they share. Every sidecar has a
+`Description` and `Sources` as BIDS URIs: `bids:raw:...` for raw files, `bids::...` for
+files of this dataset.
+
+## Not BIDS data (`.bidsignore`)
+
+{ignored}
+
+## Authors, license, acknowledgement
+
+`Authors` and `License` in `dataset_description.json` are copied from the raw dataset
+(derived data falls under its terms); add those who ran the processing. How to acknowledge:
+`HowToAcknowledge` there.
+"""
+
+
+def write_readme(output_dir: Path) -> Path:
+    """Write ``<output_dir>/README.md`` (:func:`readme_text`) unless it exists with the same
+    content or is the user's own (a README without :data:`README_TITLE` as its first line).
+
+    Parameters
+    ----------
+    output_dir : Path
+        Root of the derivatives dataset.
+
+    Returns
+    -------
+    Path
+        The README's path.
+    """
+    path = Path(output_dir) / "README.md"
+    text = readme_text()
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        old = None
+    if old is not None and (old == text or not old.startswith(README_TITLE)):
+        return path
+    return write_text_atomic(path, text)
+
+
+def bidsignore_text(existing: str = "") -> str:
+    """Content of the derivatives' ``.bidsignore``: :data:`BIDSIGNORE` with one comment per
+    pattern, then the lines of ``existing`` that a user added (not ours, not comments, not
+    the stale patterns of older versions)."""
+    lines = ["# written by qsm_bids: files that are not BIDS data, or that BIDS has no name for"]
+    for pattern, why in BIDSIGNORE:
+        lines += [f"# {why}", pattern]
+    ours = {p for p, _ in BIDSIGNORE} | set(_STALE_BIDSIGNORE)
+    kept = [
+        ln.strip()
+        for ln in existing.splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#") and ln.strip() not in ours
+    ]
+    if kept:
+        lines += ["# kept from the existing file", *dict.fromkeys(kept)]
+    return "\n".join(lines) + "\n"
+
+
+def write_bidsignore(output_dir: Path) -> Path:
+    """Write ``<output_dir>/.bidsignore`` (:func:`bidsignore_text`): created if missing,
+    brought up to date if an older version wrote it (a user's own lines are kept), left
+    untouched if current. Written atomically, so concurrent runs are safe.
+
+    Parameters
+    ----------
+    output_dir : Path
+        Root of the derivatives dataset.
+
+    Returns
+    -------
+    Path
+        The file's path.
+    """
+    path = Path(output_dir) / ".bidsignore"
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        old = ""
+    text = bidsignore_text(old)
+    if text != old:
+        write_text_atomic(path, text)
+    return path
+
+
 def sidecar_for(
     run: Run | None,
     *,
@@ -469,6 +708,8 @@ def sidecar_for(
     provenance: Mapping[str, Any] | None = None,
     sources: Sequence[Path] | None = None,
     bids_dir: Path | None = None,
+    description: str | None = None,
+    spatial_reference: Path | str | None = None,
 ) -> dict:
     """Common JSON sidecar fields of a derivative of ``run``.
 
@@ -491,21 +732,32 @@ def sidecar_for(
     bids_dir : Path or None, default None
         Raw dataset root, for the relative paths of ``Sources``; by default inferred from
         the files' ``sub-<label>`` folder.
+    description : str or None, default None
+        ``Description``: what the image is, in words.
+    spatial_reference : Path or str or None, default None
+        ``SpatialReference``: a raw file whose grid the image shares (a Path, written as its
+        ``bids:raw:`` URI) or a template name / URI (a str, written as is).
 
     Returns
     -------
     dict
-        ``{"Units": ..., "SkullStripped": ..., "Sources": ["bids:raw:sub-01/anat/...",
-        ...], **provenance}``.
+        ``{"Description": ..., "Units": ..., "SkullStripped": ..., "SpatialReference":
+        ..., "Sources": ["bids:raw:sub-01/anat/...", ...], **provenance}``.
     """
     if sources is None and run is None:
         raise ValueError("sidecar_for needs the run or the sources")
     files = list(sources) if sources is not None else list(run.files)
     side: dict[str, Any] = {}
+    if description is not None:
+        side["Description"] = description
     if units is not None:
         side["Units"] = units
     if skull_stripped is not None:
         side["SkullStripped"] = bool(skull_stripped)
+    if isinstance(spatial_reference, Path):
+        side["SpatialReference"] = bids_uri(spatial_reference, bids_dir=bids_dir)
+    elif spatial_reference is not None:
+        side["SpatialReference"] = spatial_reference
     side["Sources"] = [bids_uri(Path(f), bids_dir=bids_dir) for f in files]
     if provenance:
         side.update(dict(provenance))

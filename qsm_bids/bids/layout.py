@@ -34,7 +34,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -493,12 +493,127 @@ def _normalise_labels(
     return wanted
 
 
+#: ``--bids-filter-file`` queries (fMRIPrep's format) and the suffix each one selects
+FILTER_QUERIES: dict[str, str] = {"megre": "MEGRE", "t2starw": "T2starw", "t1w": "T1w"}
+
+#: pybids entities a filter may use (``part`` and the suffix are the app's to choose)
+FILTER_ENTITIES: tuple[str, ...] = (*(name for name, _ in RUN_ENTITIES), "echo")
+
+
+def check_bids_filters(filters: Any, source: Path | str | None) -> dict[str, dict[str, Any]]:
+    """Check BIDS filters in fMRIPrep's ``--bids-filter-file`` format.
+
+    ``{"megre": {...}, "t2starw": {...}, "t1w": {...}}``: per query, pybids entities
+    (``"acquisition"``, ``"session"``, ``"run"``, ...) with a label, a number, a list of
+    them, ``null`` (the entity must be absent) or ``"*"`` (it must be present).
+
+    Returns
+    -------
+    dict
+        The filters, unchanged (a plain copy).
+
+    Raises
+    ------
+    QSMInputError
+        An unknown query or entity, or a value of another kind, naming ``source``.
+    """
+    if not isinstance(filters, dict):
+        raise QSMInputError(source, "BIDS filters must be a JSON object {query: {entity: value}}")
+    out = {}
+    for query, entities in filters.items():
+        if query not in FILTER_QUERIES:
+            raise QSMInputError(
+                source,
+                f"unknown BIDS filter query {query!r}; the queries are {', '.join(FILTER_QUERIES)}",
+            )
+        if not isinstance(entities, dict):
+            raise QSMInputError(source, f"BIDS filter {query!r} must be an object of entities")
+        for name, value in entities.items():
+            if name not in FILTER_ENTITIES:
+                raise QSMInputError(
+                    source,
+                    f"BIDS filter {query!r}: unknown entity {name!r}; use pybids names: "
+                    f"{', '.join(FILTER_ENTITIES)}",
+                )
+            items = value if isinstance(value, list) else [value]
+            if not items or not all(
+                v is None or (isinstance(v, str | int) and not isinstance(v, bool)) for v in items
+            ):
+                raise QSMInputError(
+                    source,
+                    f"BIDS filter {query!r}: {name} = {value!r} is not a label, a number, a "
+                    "list of them, null or '*'",
+                )
+        out[query] = dict(entities)
+    return out
+
+
+def load_bids_filters(path: Path) -> dict[str, dict[str, Any]]:
+    """Read and check a ``--bids-filter-file`` (see :func:`check_bids_filters`).
+
+    Raises
+    ------
+    QSMInputError
+        The file is missing, not JSON or not a valid filter, naming it.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise QSMInputError(path, "--bids-filter-file not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QSMInputError(path, f"--bids-filter-file is not valid JSON: {exc}") from exc
+    return check_bids_filters(data, path)
+
+
+def _pybids_filter(entities: Mapping[str, Any]) -> dict[str, Any]:
+    """A filter as pybids query arguments: ``null`` -> ``Query.NONE``, ``"*"`` ->
+    ``Query.ANY``."""
+    from bids.layout import Query
+
+    def one(value: Any) -> Any:
+        if value is None:
+            return Query.NONE
+        if value == "*":
+            return Query.ANY
+        return value
+
+    return {
+        name: [one(v) for v in value] if isinstance(value, list) else one(value)
+        for name, value in entities.items()
+    }
+
+
+def _merge_labels(query: dict[str, Any], name: str, value: Any) -> None:
+    """Add a filter's ``subject``/``session`` to a query that may already select labels
+    (``--participant-label``): the intersection of both."""
+    if name not in query or not isinstance(value, str | int | list):
+        query[name] = value
+        return
+    wanted = {str(v) for v in (value if isinstance(value, list) else [value])}
+    query[name] = [v for v in query[name] if v in wanted]
+
+
+def _t1w_matching(layout: Any, run: Run, entities: Mapping[str, Any]) -> Path | None:
+    """The first ``T1w`` image of the run's subject and session that matches the ``t1w``
+    filter, or ``None``."""
+    from bids.layout import Query
+
+    query = {**_pybids_filter(entities), "subject": run.subject}
+    query["session"] = run.session if run.session is not None else Query.NONE
+    hits = layout.get(
+        suffix="T1w", datatype="anat", extension=[".nii", ".nii.gz"], return_type="file", **query
+    )
+    return Path(sorted(hits)[0]) if hits else None
+
+
 def find_runs(
     bids_dir: Path,
     participant_labels: list[str] | None = None,
     session_labels: list[str] | None = None,
     *,
     invalid: dict[str, str] | None = None,
+    bids_filters: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Run]:
     """Find every multi-echo GRE run with phase (or real and imaginary parts) in a dataset.
 
@@ -516,6 +631,10 @@ def find_runs(
         is left out and recorded as ``invalid[run name] = "<file>: <problem>"`` (a
         requested participant without GRE data as ``invalid["sub-<label>"]``), so that
         the other runs can go on. Dataset-level problems raise in both cases.
+    bids_filters : dict or None, default None
+        ``--bids-filter-file`` (fMRIPrep's format, :func:`check_bids_filters`): pybids
+        entities per query; ``megre``/``t2starw`` narrow the GRE images, ``t1w`` the
+        T1-weighted image used to guide the registration.
 
     Returns
     -------
@@ -555,10 +674,17 @@ def find_runs(
         query["subject"] = subjects
     if sessions is not None:
         query["session"] = sessions
+    filters = check_bids_filters(dict(bids_filters or {}), "--bids-filter-file")
+    found_files = []
+    for suffix in SUFFIXES:
+        q = {**query, "suffix": suffix}
+        for name, value in _pybids_filter(filters.get(suffix.lower(), {})).items():
+            _merge_labels(q, name, value)
+        found_files += layout.get(part=list(PARTS), **q)
+        found_files += layout.get(part=Query.NONE, **q)
 
     groups: dict[tuple, dict[str, list]] = {}
-    no_part = layout.get(part=Query.NONE, **query)
-    for f in [*layout.get(part=list(PARTS), **query), *no_part]:
+    for f in found_files:
         ents = f.get_entities()
         key = tuple((short, str(ents[name])) for name, short in RUN_ENTITIES if name in ents) + (
             ("suffix", ents["suffix"]),
@@ -576,7 +702,8 @@ def find_runs(
             "_MEGRE.nii[.gz] (or _T2starw, or one 4D _part-phase_MEGRE file, or "
             "part-real/part-imag)"
             + (f" for participant(s) {', '.join(subjects)}" if subjects else "")
-            + (f" in session(s) {', '.join(sessions)}" if sessions else ""),
+            + (f" in session(s) {', '.join(sessions)}" if sessions else "")
+            + (f" matching the BIDS filters {json.dumps(filters)}" if filters else ""),
         )
     if subjects:
         found = {dict(k)["sub"] for k in groups}
@@ -607,6 +734,8 @@ def find_runs(
                 raise
             ents = {k: v for k, v in key if k != "suffix"}
             invalid[_run_name(ents)] = str(exc)
+    if "t1w" in filters:
+        runs = [replace(r, t1w=_t1w_matching(layout, r, filters["t1w"])) for r in runs]
     runs.sort(
         key=lambda r: (
             r.subject,

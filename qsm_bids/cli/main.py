@@ -18,8 +18,9 @@ from qsm_bids.cli.parser import (
     build_demo_parser,
     build_evaluate_parser,
     build_invert_parser,
-    build_participant_parser,
     build_simulate_parser,
+    config_from_args,
+    parse_participant_args,
 )
 from qsm_bids.errors import QSMInputError
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (ValueError, OSError) as exc:  # bad options for the simulator, disk full
                 print(f"qsm-bids {command}: error: {exc}", file=sys.stderr)
                 return 2
-        return cmd_participant(build_participant_parser().parse_args(args))
+        return cmd_participant(parse_participant_args(args))
     except QSMInputError as exc:
         print(f"qsm-bids: error: {exc}", file=sys.stderr)
         return 2
@@ -98,50 +99,54 @@ def cmd_group(ns) -> int:
     return 0
 
 
-def write_reports(output_dir: Path, bids_dir: Path, subjects: set[str]) -> None:
-    """One HTML report per participant (failed ones too: the report lists their errors)."""
+def write_reports(output_dir: Path, bids_dir: Path, subjects: set[str]) -> list[Path]:
+    """One HTML report per participant (failed ones too: the report lists their errors);
+    returns the reports written."""
     from qsm_bids.report import write_subject_report
 
+    written = []
     for label in sorted(subjects):
         try:
             path = write_subject_report(output_dir.resolve(), label, bids_dir=bids_dir.resolve())
+            written.append(Path(path))
             log.info("report: %s", path)
         except QSMInputError as exc:
             log.warning("no report for sub-%s: %s", label, exc)
         except Exception as exc:  # a figure must never turn a finished run into a failure
             log.warning("report for sub-%s failed: %s: %s", label, type(exc).__name__, exc)
+    return written
 
 
 def cmd_participant(ns) -> int:
     """``qsm-bids BIDS_DIR OUTPUT_DIR participant ...``"""
     if ns.analysis_level == "group":
         return cmd_group(ns)
-    from qsm_bids.cli.participant import run_participant_level
-    from qsm_bids.cli.plugins import load_plugin_args
-    from qsm_bids.recipe import load_recipe
+    from qsm_bids.cli.participant import run_boilerplate_only, run_participant_level
 
-    setup_logging(ns.verbose, quiet=ns.quiet)
-    recipe = load_recipe(ns.pipeline)
-    result = run_participant_level(
-        ns.bids_dir,
-        ns.output_dir,
-        recipe,
-        participant_labels=ns.participant_label,
-        session_labels=ns.session_label,
-        work_dir=ns.work_dir,
-        nprocs=ns.nprocs,
-        mem_gb=ns.mem_gb,
-        mask_file=ns.mask_file,
-        derivatives=ns.derivatives,
-        reference_mask=ns.reference_mask,
-        phase_sign=ns.phase_sign,
-        registration=not ns.no_registration,
-        segmentation=ns.segmentation,
-        segmentation_name=ns.segmentation_name,
-        plugin=ns.plugin,
-        plugin_args=load_plugin_args(ns.plugin_args),
-        verbose_nipype=ns.verbose > 1,
-    )
+    config = config_from_args(ns)
+    ex = config.execution
+    setup_logging(ex.verbose, quiet=ex.quiet)
+    recipe = config.recipe  # an unknown or invalid recipe is an error before anything else
+    if ex.boilerplate_only:
+        files = run_boilerplate_only(config)
+        return 0 if files else 1
+    if ex.reports_only:
+        return reports_only(config)
+    result = run_participant_level(config, recipe=recipe)
+    if result.signal is not None:
+        from qsm_bids.cli.execution import signal_name
+
+        for name, reason in result.failed.items():
+            log.error("STOPPED %s: %s", name, reason)
+        log.error(
+            "qsm-bids: stopped by %s after %.0f s (%d run(s) finished; summary %s); rerun "
+            "the same command to resume",
+            signal_name(result.signal),
+            result.seconds,
+            len(result.succeeded),
+            result.summary,
+        )
+        return 128 + result.signal
     for run in result.succeeded:
         log.info("finished %s", run.name)
     for name, reason in result.failed.items():
@@ -149,18 +154,40 @@ def cmd_participant(ns) -> int:
     for name, reason in result.invalid.items():
         log.error("SKIPPED %s (bad input): %s", name, reason)
     log.info(
-        "%d of %d run(s) succeeded in %.0f s; outputs in %s",
+        "%d of %d run(s) succeeded in %.0f s; outputs in %s; summary %s",
         len(result.succeeded),
         len(result.succeeded) + len(result.failed) + len(result.invalid),
         result.seconds,
-        Path(ns.output_dir).resolve(),
+        Path(ex.output_dir).resolve(),
+        result.summary,
     )
     subjects = {r.subject for r in result.succeeded}
     subjects |= {n.split("_")[0].removeprefix("sub-") for n in [*result.failed, *result.invalid]}
-    write_reports(Path(ns.output_dir), Path(ns.bids_dir), subjects)
+    write_reports(Path(ex.output_dir), Path(ex.bids_dir), subjects)
     if result.invalid:
         return 2
     return 1 if result.failed else 0
+
+
+def reports_only(config) -> int:
+    """``--reports-only``: rewrite the reports of the participants with outputs in
+    OUTPUT_DIR (those of ``--participant-label``, else all), processing nothing."""
+    output_dir = Path(config.execution.output_dir).resolve()
+    if not output_dir.is_dir():
+        raise QSMInputError(output_dir, "--reports-only: the output folder does not exist")
+    have = sorted(p.name[4:] for p in output_dir.glob("sub-*") if p.is_dir())
+    wanted = list(config.execution.participant_label) or have
+    lacking = [label for label in wanted if label not in have]
+    if lacking:
+        raise QSMInputError(
+            output_dir,
+            f"--reports-only: no outputs of participant(s) {', '.join(lacking)}; "
+            f"available: {', '.join(have) or 'none'}",
+        )
+    if not wanted:
+        raise QSMInputError(output_dir, "--reports-only: no sub-* outputs to report on")
+    written = write_reports(output_dir, Path(config.execution.bids_dir), set(wanted))
+    return 0 if len(written) == len(wanted) else 1
 
 
 def cmd_simulate(ns) -> int:
@@ -200,8 +227,15 @@ def cmd_invert(ns) -> int:
 def cmd_demo(ns) -> int:
     """``qsm-bids demo [OUT_DIR]``: simulate, run, and report accuracy against the truth."""
     from qsm_bids.cli.participant import run_participant_level
+    from qsm_bids.config import (
+        Config,
+        ExecutionSettings,
+        NipypeSettings,
+        WorkflowSettings,
+        new_run_stamp,
+    )
     from qsm_bids.evaluate import evaluate_against_truth
-    from qsm_bids.recipe import load_recipe
+    from qsm_bids.recipe import builtin_recipes, load_recipe
     from qsm_bids.simulate.dataset import simulate_dataset
 
     setup_logging(0)
@@ -220,9 +254,24 @@ def cmd_demo(ns) -> int:
         )
     output_dir = out / "derivatives" / "qsm_bids"
     log.info("running the '%s' pipeline", recipe.name)
-    result = run_participant_level(
-        bids_dir, output_dir, recipe, work_dir=out / "work", nprocs=ns.nprocs
+    config = Config(
+        execution=ExecutionSettings(
+            bids_dir=bids_dir,
+            output_dir=output_dir,
+            work_dir=out / "work",
+            run_stamp=new_run_stamp(),
+            # the simulator's output is validated by the project's tests
+            skip_bids_validation=True,
+        ),
+        workflow=WorkflowSettings(
+            pipeline=ns.pipeline if ns.pipeline in builtin_recipes() else recipe.source
+        ),
+        nipype=NipypeSettings(nprocs=ns.nprocs),
     )
+    result = run_participant_level(config, recipe=recipe)
+    subjects = {r.subject for r in result.succeeded}
+    subjects |= {n.split("_")[0].removeprefix("sub-") for n in result.failed}
+    reports = write_reports(output_dir, bids_dir, subjects)
     if result.failed:
         for name, reason in result.failed.items():
             log.error("FAILED %s: %s", name, reason)
@@ -237,6 +286,8 @@ def cmd_demo(ns) -> int:
         print()
         print(f"Susceptibility map: {chimap}")
         print(f"All outputs:        {chimap.parent}")
+        for report in reports:
+            print(f"Report:             {report}")
         print(f"Pipeline run time:  {result.seconds:.0f} s")
         print(
             f"NRMSE against the phantom's truth: {ev.nrmse_percent:.1f} % "

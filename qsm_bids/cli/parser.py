@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qsm_bids import __version__
 from qsm_bids.cli.plugins import PLUGINS
 from qsm_bids.recipe import builtin_recipes
+
+if TYPE_CHECKING:
+    from qsm_bids.config import Config
 
 SUBCOMMANDS = ("simulate", "demo", "evaluate", "invert")
 
@@ -30,6 +36,27 @@ Run 'qsm-bids <command> --help' for their options.
 
 def _label(value: str) -> str:
     return value.removeprefix("sub-").removeprefix("ses-")
+
+
+def _memory_mb(value: str) -> int:
+    """``--mem``: a size with a unit, or a bare number of MB, in MB (implausible refused)."""
+    from qsm_bids.config import parse_memory_mb
+    from qsm_bids.errors import QSMInputError
+
+    try:
+        return parse_memory_mb(value)
+    except QSMInputError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from exc
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is negative")
+    return number
 
 
 def _segmentation_name(value: str) -> str:
@@ -71,6 +98,13 @@ def build_participant_parser() -> argparse.ArgumentParser:
         type=_label,
         metavar="LABEL",
         help="participants to process (with or without 'sub-'); default: all",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        type=Path,
+        metavar="PATH.json",
+        help="pybids filters per query, in fMRIPrep's format: a JSON object with keys "
+        """megre, t2starw and t1w, e.g. '{"megre": {"acquisition": "wholebrain"}}'""",
     )
     sel.add_argument(
         "--session-label",
@@ -152,6 +186,13 @@ def build_participant_parser() -> argparse.ArgumentParser:
         "file's seg-, atlas- or desc- label, else 'custom'. In a folder with several "
         "segmentations per participant it also picks the one with that label",
     )
+    alg.add_argument(
+        "--force-regionstats",
+        action="store_true",
+        help="write the AAL3 regional table even when the registration quality is below "
+        "its threshold or the field of view is a slab or crop (default: skipped, with a "
+        "warning saying why)",
+    )
     grp = p.add_argument_group("group level")
     grp.add_argument(
         "--group-template",
@@ -192,12 +233,67 @@ def build_participant_parser() -> argparse.ArgumentParser:
         help="CPU cores to use in all (default: all available)",
     )
     res.add_argument(
-        "--mem-gb",
-        "--mem",
-        type=float,
+        "--omp-nthreads",
+        type=_non_negative_int,
         default=0,
+        metavar="N",
+        help="threads per FFT-heavy step (default: the cores shared between the runs)",
+    )
+    mem = res.add_mutually_exclusive_group()
+    mem.add_argument(
+        "--mem",
+        "--mem-mb",
+        dest="mem",
+        type=_memory_mb,
+        default=0,
+        metavar="SIZE",
+        help="memory limit for the scheduler with a unit (16GB, 16000MB); a bare number is "
+        "MB, as in fMRIPrep (default: 90%% of the machine's)",
+    )
+    mem.add_argument(
+        "--mem-gb",
+        type=float,
+        default=0.0,
         metavar="G",
-        help="memory limit in GB for the scheduler (default: 90%% of the machine's)",
+        help="the memory limit in GB instead (a number, e.g. 15.5)",
+    )
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--config-file",
+        type=Path,
+        metavar="PATH.toml",
+        help="settings as written to OUTPUT_DIR/logs/config-<time>.toml by an earlier run "
+        "(repeats it); options given on the command line override the file",
+    )
+    run.add_argument(
+        "--skip-bids-validation",
+        action="store_true",
+        help="do not run the BIDS validator on the input (its findings are only reported, "
+        "never block the run)",
+    )
+    run.add_argument(
+        "--stop-on-first-crash",
+        action="store_true",
+        help="stop everything at the first failing step (default: the other runs go on)",
+    )
+    run.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="process nothing: rewrite the participants' HTML reports from the outputs in "
+        "OUTPUT_DIR",
+    )
+    run.add_argument(
+        "--boilerplate-only",
+        action="store_true",
+        help="process nothing: write the methods text with references "
+        "(OUTPUT_DIR/logs/CITATION.md and .bib) for these settings",
+    )
+    run.add_argument(
+        "--random-seed",
+        type=_non_negative_int,
+        metavar="N",
+        help="seed of numpy's random generator and of ANTs (ANTS_RANDOM_SEED) for "
+        "repeatable results; recorded in the config",
     )
     out = p.add_argument_group("messages")
     out.add_argument(
@@ -207,6 +303,114 @@ def build_participant_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="only warnings, errors and the final summary"
     )
     return p
+
+
+def parse_participant_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the BIDS-app form; ``ns.explicit`` is the set of option destinations given on
+    the command line (they override ``--config-file``)."""
+    parser = build_participant_parser()
+    ns = parser.parse_args(argv)
+    # the same parser with every default suppressed: only what was typed is set
+    for action in parser._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    ns.explicit = frozenset(vars(parser.parse_args(argv)))
+    return ns
+
+
+#: namespace destination -> (config section, key) where the value is copied unchanged
+_PLAIN_OPTIONS = {
+    "bids_dir": ("execution", "bids_dir"),
+    "output_dir": ("execution", "output_dir"),
+    "work_dir": ("execution", "work_dir"),
+    "participant_label": ("execution", "participant_label"),
+    "session_label": ("execution", "session_label"),
+    "skip_bids_validation": ("execution", "skip_bids_validation"),
+    "reports_only": ("execution", "reports_only"),
+    "boilerplate_only": ("execution", "boilerplate_only"),
+    "stop_on_first_crash": ("execution", "stop_on_first_crash"),
+    "random_seed": ("execution", "random_seed"),
+    "verbose": ("execution", "verbose"),
+    "quiet": ("execution", "quiet"),
+    "pipeline": ("workflow", "pipeline"),
+    "mask_file": ("workflow", "mask_file"),
+    "derivatives": ("workflow", "derivatives"),
+    "reference_mask": ("workflow", "reference_mask"),
+    "phase_sign": ("workflow", "phase_sign"),
+    "segmentation": ("workflow", "segmentation"),
+    "segmentation_name": ("workflow", "segmentation_name"),
+    "force_regionstats": ("workflow", "force_regionstats"),
+    "group_template": ("workflow", "group_template"),
+    "plugin": ("nipype", "plugin"),
+    "nprocs": ("nipype", "nprocs"),
+    "omp_nthreads": ("nipype", "omp_nthreads"),
+}
+
+#: paths written into the config as absolute paths (the config repeats the run from any
+#: working directory)
+_PATH_KEYS = ("bids_dir", "output_dir", "work_dir", "mask_file", "derivatives",
+              "reference_mask", "segmentation")  # fmt: skip
+
+
+def config_from_args(ns: argparse.Namespace) -> Config:
+    """The one :class:`~qsm_bids.config.Config` of a participant-level invocation.
+
+    With ``--config-file`` the file gives the settings and the options typed on the command
+    line (``ns.explicit``, see :func:`parse_participant_args`; all of them when absent)
+    override it. Relative paths are made absolute, ``--bids-filter-file`` is read and
+    checked, and ``execution.run_stamp`` is new: the UTC time and 8 random hexadecimal
+    digits (``20261208-012345_1a2b3c4d``, as fMRIPrep's run id), so that invocations
+    started in the same second (an array job) write their own config and log files.
+
+    Raises
+    ------
+    QSMInputError
+        An unreadable or invalid config file, BIDS filter file or plugin argument,
+        naming the file.
+    """
+    from qsm_bids.bids.layout import load_bids_filters
+    from qsm_bids.cli.plugins import load_plugin_args
+    from qsm_bids.config import Config, new_run_stamp
+
+    config_file = getattr(ns, "config_file", None)
+    # without a config file every option counts (its default included)
+    given = getattr(ns, "explicit", None) if config_file is not None else None
+
+    def typed(dest: str) -> bool:
+        return (given is None or dest in given) and hasattr(ns, dest)
+
+    values: dict[str, dict] = {"execution": {}, "workflow": {}, "nipype": {}}
+    for dest, (section, key) in _PLAIN_OPTIONS.items():
+        if dest in ("bids_dir", "output_dir") or typed(dest):
+            value = getattr(ns, dest)
+            if value is not None and (
+                key in _PATH_KEYS or (key == "pipeline" and str(value).endswith(".toml"))
+            ):
+                value = Path(value).expanduser().resolve()
+                value = str(value) if key == "pipeline" else value
+            values[section][key] = value
+    if typed("no_registration"):
+        values["workflow"]["registration"] = not ns.no_registration
+    if typed("bids_filter_file") and ns.bids_filter_file is not None:
+        values["execution"]["bids_filters"] = load_bids_filters(ns.bids_filter_file)
+    if typed("plugin_args") and ns.plugin_args:
+        values["nipype"]["plugin_args"] = load_plugin_args(ns.plugin_args)
+    if typed("mem") and ns.mem:
+        values["nipype"]["mem_mb"] = int(ns.mem)
+    if typed("mem_gb") and ns.mem_gb:
+        values["nipype"]["mem_mb"] = max(1, int(round(ns.mem_gb * 1024)))
+    if typed("verbose"):
+        values["nipype"]["verbose_nipype"] = ns.verbose > 1
+    values["execution"]["run_stamp"] = f"{new_run_stamp()}_{uuid.uuid4().hex[:8]}"
+    values = {k: {n: v for n, v in d.items() if v is not None} for k, d in values.items()}
+    if config_file is not None:
+        config = Config.from_toml(Path(config_file).expanduser().resolve(), overrides=values)
+        if config.execution.bids_filters:  # filters written by hand are checked too
+            from qsm_bids.bids.layout import check_bids_filters
+
+            check_bids_filters(config.execution.bids_filters, config.execution.config_file)
+        return config
+    return Config.from_dict(values)
 
 
 def build_simulate_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ The iterative inversions apply ``G^T R G`` (a weighted, periodic forward-differe
 gradient followed by its adjoint) several times per iteration. Written with numpy it takes
 nine passes over the volume and three scratch volumes; here it is one pass with no
 scratch, on :func:`qsm_bids.core.kernels.fft_workers` threads. The numpy composition
-(:func:`qsm_bids.core.inversion.tv_admm._grad_add` and ``_grad_adjoint``) stays the
+(:func:`qsm_bids.core.inversion.common.grad_add` and ``grad_adjoint``) stays the
 reference the tests compare against.
 """
 

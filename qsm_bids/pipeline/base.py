@@ -1,18 +1,29 @@
 """Top-level workflows: one QSM workflow per BIDS run, and the participant-level workflow.
 
-The data flow, one node per arrow::
+The data flow of :func:`init_qsm_wf`, one sub-workflow per arrow (its connection list
+follows this diagram line by line)::
 
-    load -> mask -> unwrap -> combine (total field, Hz) -> background (local field, Hz)
-         -> inversion (ppm) -> reference -> derivatives
-    load, mask -> r2star (R2*, T2*) -> derivatives
-    load (magnitude), chi -> registration to MNI152NLin2009aSym, AAL3 into the subject,
-         regional statistics -> derivatives
-    chi, user segmentation -> regional statistics -> derivatives   (--segmentation)
+    load -> mask -> field_mask (holes filled for two-pass) -> unwrap -> combine
+         (total field and its noise, Hz)
+    load, mask, combine -> background (local field, Hz) -> inversion (chi, ppm)
+         -> feedback (relaxed passes + the consistent local field; none: passed through)
+         -> two_pass (second pass in the mask's holes; off: passed through)
+         -> outputs (phase-sign check, derivatives)
+    load, field_mask -> r2star (R2*, T2*) -> every inversion, outputs   (with magnitudes)
+    load, outputs (chi), two_pass (local mask) -> registration to MNI152NLin2009aSym,
+         AAL3 into the subject, regional statistics -> derivatives
+    outputs (chi), two_pass (local mask), user segmentation -> regional statistics
+         -> derivatives   (--segmentation)
+
+Sub-workflows: :mod:`~qsm_bids.pipeline.field` (mask, unwrapping, echo combination),
+:mod:`~qsm_bids.pipeline.susceptibility` (background, inversion, two-pass, R2*),
+:mod:`~qsm_bids.pipeline.feedback`, :mod:`~qsm_bids.pipeline.outputs` and
+:mod:`~qsm_bids.pipeline.registration`.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -23,11 +34,17 @@ from nipype.pipeline import engine as pe
 from qsm_bids import registry
 from qsm_bids.bids.layout import Run
 from qsm_bids.bids.segmentation import Segmentation
-from qsm_bids.interfaces.derivatives import WriteDerivatives
+from qsm_bids.config import Config
 from qsm_bids.interfaces.load import LoadRun, run_to_json
-from qsm_bids.interfaces.sign import CheckPhaseSign
-from qsm_bids.interfaces.two_pass import FillMaskHoles
-from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
+from qsm_bids.pipeline.feedback import first_pass_inversion, init_feedback_wf
+from qsm_bids.pipeline.field import (
+    init_echo_combination_wf,
+    init_field_mask_wf,
+    init_mask_wf,
+    init_unwrap_wf,
+)
+from qsm_bids.pipeline.nodes import ESTIMATE, feed, relay
+from qsm_bids.pipeline.outputs import init_outputs_wf
 from qsm_bids.pipeline.registration import init_registration_wf, init_segmentation_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
@@ -61,275 +78,239 @@ def phase_only_recipe(recipe: Recipe) -> Recipe:
     return replace(recipe, stages={**recipe.stages, "mask": choice})
 
 
+def run_recipe(recipe: Recipe, run: Run, mask_file: str | None = None) -> Recipe:
+    """The recipe as it applies to ``run``: the user's brain mask (``mask_file``) replaces
+    the mask stage; a run without magnitude images gets the phase-quality mask
+    (:func:`phase_only_recipe`) where the recipe's mask needs them."""
+    if mask_file:
+        user = StageChoice("mask", "user_mask", {"mask_file": str(mask_file)})
+        return replace(recipe, stages={**recipe.stages, "mask": user})
+    if not run.magnitude_files and recipe["mask"].algorithm == "magnitude":
+        return phase_only_recipe(recipe)
+    return recipe
+
+
 def init_qsm_wf(
     run: Run,
-    recipe: Recipe,
+    config: Config,
     *,
-    output_dir: Path,
-    bids_dir: Path,
+    recipe: Recipe | None = None,
     mask_file: str | None = None,
-    reference_mask: str | None = None,
-    phase_sign: str = "auto",
-    registration: bool = True,
     segmentation: Segmentation | None = None,
-    n_procs: int = 1,
+    run_hash: str = "",
+    omp_nthreads: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
-    """The full QSM workflow for one run (subject, session, acquisition, run).
+    """The full QSM workflow for one run (subject, session, acquisition, run), wired as the
+    module docstring's diagram.
 
     Parameters
     ----------
     run : Run
         The run's files and metadata (from :func:`qsm_bids.bids.layout.find_runs`).
-    recipe : Recipe
-        Algorithm and parameters per stage.
-    output_dir, bids_dir : Path
-        Derivatives root and raw dataset root.
-    mask_file, reference_mask : str, optional
-        A user brain mask replacing the mask stage; a reference region for referencing.
-    phase_sign : {"auto", "1", "-1"}, default "auto"
-        "-1" negates the phase on reading (scanners with the opposite convention);
-        "auto" keeps it and negates the outputs if the map's strong tail is diamagnetic
-        (:func:`qsm_bids.core.sign.check_phase_sign`); where the evidence is weak the check
-        abstains and the sign is kept, with a warning. The check is reported in the
-        sidecars in every mode.
-    registration : bool, default True
-        Register the magnitude to the MNI152NLin2009aSym template, bring the AAL3 atlas into
-        the subject and write regional statistics (runs with magnitude images only).
+    config : Config
+        The settings (:mod:`qsm_bids.config`): folders from ``config.execution``; from
+        ``config.workflow`` the reference mask, the phase sign (``"-1"`` negates the phase
+        on reading; the check of :func:`~qsm_bids.pipeline.outputs.init_outputs_wf` runs in
+        every mode) and the registration (:func:`init_run_registration_wf`; runs with
+        magnitude images only).
+    recipe : Recipe or None, default None
+        Algorithm and parameters per stage; default ``config.recipe``.
+    mask_file : str or None, default None
+        A user brain mask replacing the mask stage.
     segmentation : Segmentation or None, default None
         A user segmentation in the subject's space (``--segmentation``, checked with
         :func:`qsm_bids.bids.segmentation.check_segmentation`): its regional statistics
-        are written too, with or without ``registration``.
-    n_procs : int, default 1
-        Threads given to each FFT-heavy node.
+        are written too, with or without registration.
+    run_hash : str, default ""
+        Provenance hash of what produced the outputs (inputs, recipe, version), written as
+        ``RunHash`` into every sidecar when non-empty.
+    omp_nthreads : int, default 1
+        Threads of each FFT-heavy node.
+    name : str or None, default None
+        Workflow name; default :func:`workflow_name`.
     """
+    recipe = run_recipe(recipe or config.recipe, run, mask_file)
+    bg, inv, ref = recipe["background"], recipe["inversion"], recipe["reference"]
+    two_pass = bool(inv.params.get(registry.TWO_PASS, False))
     vol, vol4 = estimate_volume_gb(run)
-    if mask_file:
-        user = StageChoice("mask", "user_mask", {"mask_file": str(mask_file)})
-        recipe = replace(recipe, stages={**recipe.stages, "mask": user})
-    elif not run.magnitude_files and recipe["mask"].algorithm == "magnitude":
-        recipe = phase_only_recipe(recipe)
+    threads = max(1, int(omp_nthreads))
+    heavy = {"mem_gb": 30 * vol + 0.3, "n_procs": threads}  # the FFT-heavy nodes
+    susc = {**heavy, "reference_mask": _resolved(config.workflow.reference_mask)}
     wf = pe.Workflow(name=name or workflow_name(run))
-    load = pe.Node(
+    load = load_node(run, config.workflow.phase_sign, mem_gb=3 * vol4 + 0.2)
+    mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
+    field_mask_wf = init_field_mask_wf(fill_holes=two_pass, mem_gb=vol + 0.1)
+    unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=threads)
+    combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
+    background_wf = init_background_wf(bg, **heavy)
+    inversion_wf = init_inversion_wf(first_pass_inversion(inv, bg), ref, **susc)
+    feedback_wf = init_feedback_wf(bg, inv, ref, **susc)
+    two_pass_wf = init_two_pass_wf(bg, inv, ref, enabled=two_pass, **susc)
+    outputs_wf = init_outputs_wf(
+        run, **_folders(config), provenance=recipe.provenance(),
+        phase_sign=config.workflow.phase_sign, run_hash=run_hash, vol_gb=vol,
+    )  # fmt: skip
+    wf.connect([
+        (load, mask_wf, feed("phase", "magnitude", "meta")),
+        (mask_wf, field_mask_wf, relay("mask")),
+        (load, unwrap_wf, feed("phase", "magnitude", "meta")),
+        (field_mask_wf, unwrap_wf, relay("mask")),
+        (load, combine_wf, feed("magnitude", "meta")),
+        (field_mask_wf, combine_wf, relay("mask")),
+        (unwrap_wf, combine_wf, relay("unwrapped")),
+        (load, background_wf, feed("meta")),
+        (mask_wf, background_wf, relay("mask")),
+        (combine_wf, background_wf, relay("field", "noise")),
+        (load, inversion_wf, feed("meta", "magnitude")),
+        (combine_wf, inversion_wf, relay("noise")),
+        (background_wf, inversion_wf, relay("local_field", "local_mask")),
+        (load, feedback_wf, feed("meta", "magnitude")),
+        (mask_wf, feedback_wf, relay("mask")),
+        (combine_wf, feedback_wf, relay("field", "noise")),
+        (background_wf, feedback_wf, relay("local_field", "local_mask")),
+        (inversion_wf, feedback_wf, relay("chi", "chi_raw", "reference_note")),
+        (load, two_pass_wf, feed("meta", "magnitude")),
+        (field_mask_wf, two_pass_wf, [("outputnode.mask", "inputnode.filled_mask")]),
+        (combine_wf, two_pass_wf, relay("field", "noise")),
+        (feedback_wf, two_pass_wf, relay(*ESTIMATE)),
+        (load, outputs_wf, feed("meta")),
+        (mask_wf, outputs_wf, relay("mask")),
+        (combine_wf, outputs_wf, [("outputnode.field", "inputnode.total_field")]),
+        (two_pass_wf, outputs_wf, relay("chi", "local_field", "local_mask", "reference_note")),
+    ])  # fmt: skip
+    if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
+        r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
+        wf.connect([
+            (load, r2star_wf, feed("magnitude", "meta")),
+            (field_mask_wf, r2star_wf, relay("mask")),
+            (r2star_wf, inversion_wf, relay("r2star")),
+            (r2star_wf, feedback_wf, relay("r2star")),
+            (r2star_wf, two_pass_wf, relay("r2star")),
+            (r2star_wf, outputs_wf, relay("r2star", "t2star")),
+        ])  # fmt: skip
+    if run.magnitude_files and config.workflow.registration:
+        reg_wf = init_run_registration_wf(run, config, recipe, run_hash=run_hash,
+                                          n_procs=threads, vol_gb=vol)  # fmt: skip
+        wf.connect([
+            (load, reg_wf, feed("magnitude", "meta")),
+            (outputs_wf, reg_wf, relay("chi")),
+            (two_pass_wf, reg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+        ])  # fmt: skip
+    if segmentation is not None:
+        seg_wf = init_segmentation_wf(segmentation, run=run, **_folders(config),
+                                      mem_gb=2 * vol + 0.3)  # fmt: skip
+        seg_wf.get_node("segmentation_derivatives").inputs.run_hash = run_hash
+        wf.connect([
+            (outputs_wf, seg_wf, relay("chi")),
+            (two_pass_wf, seg_wf, [("outputnode.local_mask", "inputnode.mask")]),
+        ])  # fmt: skip
+    return wf
+
+
+def load_node(run: Run, phase_sign: str = "auto", *, mem_gb: float = 1.0) -> pe.Node:
+    """The node that reads and checks the run's echoes (:class:`LoadRun`); ``phase_sign``
+    ``"-1"`` negates the phase on reading.
+
+    Outputs: ``phase`` (4D, rad), ``magnitude`` (4D, where the run has them), ``meta``."""
+    return pe.Node(
         LoadRun(
             run_json=run_to_json(run),
             in_files=[str(p) for p in (*run.phase_files, *run.magnitude_files)],
             phase_sign=-1 if phase_sign == "-1" else 1,
         ),
         name="load",
-        mem_gb=3 * vol4 + 0.2,
+        mem_gb=mem_gb,
     )
-    mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
-    unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=n_procs)
-    combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
-    background_wf = init_background_wf(recipe["background"], mem_gb=30 * vol + 0.3, n_procs=n_procs)
-    # background removal with susceptibility feedback: rerun the background stage on the total
-    # field minus the field of the latest map, then invert again (the last pair is used); the
-    # first map then only feeds the first feedback pass, and may be cheaper
-    feedback = int(recipe["background"].params.get(registry.FEEDBACK, 0))
-    inversion_wf = init_inversion_wf(
-        recipe["inversion"].with_max_iter_from(registry.PRELIMINARY_MAX_ITER)
-        if feedback
-        else recipe["inversion"],
-        recipe["reference"],
-        reference_mask=reference_mask,
-        mem_gb=30 * vol + 0.3,
+
+
+def init_run_registration_wf(
+    run: Run, config: Config, recipe: Recipe, *, run_hash: str = "", n_procs: int = 1,
+    vol_gb: float = 0.01,
+) -> pe.Workflow:  # fmt: skip
+    """The registration branch of ``run`` (:func:`init_registration_wf`: magnitude to
+    MNI152NLin2009aSym, chi into the template, AAL3 into the subject and its regional
+    statistics), writing its derivatives into ``config.execution.output_dir`` with
+    ``run_hash`` in the sidecars; the T1w of the session is used where the run has one.
+    ANTs' random seed is ``config.execution.random_seed`` where set."""
+    seed = config.execution.random_seed
+    reg_wf = init_registration_wf(
+        run=run,
+        **_folders(config),
+        provenance=recipe.provenance(),
         n_procs=n_procs,
+        mem_gb=max(1.0, 25 * vol_gb + 0.5),
+        **({} if seed is None else {"seed": int(seed)}),
     )
-    # two-pass inversion: the field is unwrapped and fitted on the mask with its holes
-    # filled (the second pass needs it there); the first pass runs on the mask itself
-    two_pass = bool(recipe["inversion"].params.get(registry.TWO_PASS, False))
-    field_mask = (mask_wf, "outputnode.mask")
-    if two_pass:
-        fill = pe.Node(FillMaskHoles(), name="fill_mask_holes", mem_gb=vol + 0.1)
-        wf.connect(mask_wf, "outputnode.mask", fill, "mask")
-        field_mask = (fill, "mask")
-    stages = [(background_wf, inversion_wf)]
-
-    def feedback_background(name: str, prev_bg, prev_inv, relaxed: bool) -> pe.Workflow:
-        """A feedback pass (linear form) on the map of ``prev_inv``, whose local field and
-        mask came from ``prev_bg``; over-relaxed from that field when ``relaxed``."""
-        node = init_background_wf(
-            recipe["background"].with_max_iter_from(registry.FEEDBACK_MAX_ITER),
-            mem_gb=30 * vol + 0.3, n_procs=n_procs, name=name,
-        )  # fmt: skip
-        wf.connect([
-            (load, node, [("meta", "inputnode.meta")]),
-            (mask_wf, node, [("outputnode.mask", "inputnode.mask")]),
-            (combine_wf, node, [("outputnode.field", "inputnode.field"),
-                                ("outputnode.noise", "inputnode.noise")]),
-            (background_wf, node, [("outputnode.local_field", "inputnode.first_local")]),
-            (prev_inv, node, [("outputnode.chi_raw", "inputnode.chi")]),
-            (prev_bg, node, [("outputnode.local_mask", "inputnode.chi_mask")]),
-        ])  # fmt: skip
-        if relaxed:
-            wf.connect(prev_bg, "outputnode.local_field", node, "inputnode.previous_local")
-        return node
-
-    for i in range(1, feedback + 1):
-        bg_i = feedback_background(f"background_feedback{i}_wf", *stages[-1], relaxed=True)
-        inv_i = init_inversion_wf(
-            recipe["inversion"], recipe["reference"], reference_mask=reference_mask,
-            mem_gb=30 * vol + 0.3, n_procs=n_procs, name=f"inversion_feedback{i}_wf",
-        )  # fmt: skip
-        wf.connect([
-            (load, inv_i, [("meta", "inputnode.meta"), ("magnitude", "inputnode.magnitude")]),
-            (combine_wf, inv_i, [("outputnode.noise", "inputnode.noise")]),
-            (bg_i, inv_i, [("outputnode.local_field", "inputnode.local_field"),
-                           ("outputnode.local_mask", "inputnode.local_mask")]),
-        ])  # fmt: skip
-        stages.append((bg_i, inv_i))
-    last_bg, last_inv = stages[-1]
-    # what the outputs come from: the last pass, or the two-pass combination
-    final_local = (last_bg, "outputnode.local_field")
-    if feedback:
-        # the local field written is the one consistent with the final map: the plain pass
-        # plus the part of the map's field that the background removal takes (one more
-        # linear pass, not relaxed); the relaxed field the map came from overshoots
-        consistent = feedback_background("background_consistent_wf", *stages[-1], relaxed=False)
-        final_local = (consistent, "outputnode.local_field")
-    final_mask = (last_bg, "outputnode.local_mask")
-    final_chi = (last_inv, "outputnode.chi")
-    final_note = (last_inv, "outputnode.reference_note")
-    two_pass_wf = None
-    if two_pass:
-        two_pass_wf = init_two_pass_wf(
-            recipe["background"], recipe["inversion"], recipe["reference"],
-            reference_mask=reference_mask, mem_gb=30 * vol + 0.3, n_procs=n_procs,
-        )  # fmt: skip
-        wf.connect([
-            (load, two_pass_wf, [("meta", "inputnode.meta"),
-                                 ("magnitude", "inputnode.magnitude")]),
-            (field_mask[0], two_pass_wf, [(field_mask[1], "inputnode.filled_mask")]),
-            (combine_wf, two_pass_wf, [("outputnode.field", "inputnode.field"),
-                                       ("outputnode.noise", "inputnode.noise")]),
-            (final_local[0], two_pass_wf, [(final_local[1], "inputnode.local_field")]),
-            (last_bg, two_pass_wf, [("outputnode.local_mask", "inputnode.local_mask")]),
-            (last_inv, two_pass_wf, [("outputnode.chi_raw", "inputnode.chi_raw")]),
-        ])  # fmt: skip
-        final_local = (two_pass_wf, "outputnode.local_field")
-        final_mask = (two_pass_wf, "outputnode.local_mask")
-        final_chi = (two_pass_wf, "outputnode.chi")
-        final_note = (two_pass_wf, "outputnode.reference_note")
-    sign = pe.Node(CheckPhaseSign(mode=phase_sign), name="phase_sign", mem_gb=2 * vol + 0.1)
-    write = pe.Node(
-        WriteDerivatives(
-            run_json=run_to_json(run),
-            output_dir=str(output_dir),
-            bids_dir=str(bids_dir),
-            provenance=json.dumps(recipe.provenance()),
-        ),
-        name="derivatives",
-        mem_gb=6 * vol + 0.2,  # the Chimap's streaking index: one FFT of the padded box
-        run_without_submitting=True,
-        overwrite=True,  # always (re)write: cheap, and restores deleted outputs on rerun
-    )
-    wf.connect([
-        (load, mask_wf, [("phase", "inputnode.phase"), ("magnitude", "inputnode.magnitude"),
-                         ("meta", "inputnode.meta")]),
-        (load, unwrap_wf, [("phase", "inputnode.phase"), ("magnitude", "inputnode.magnitude"),
-                           ("meta", "inputnode.meta")]),
-        (field_mask[0], unwrap_wf, [(field_mask[1], "inputnode.mask")]),
-        (load, combine_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-        (field_mask[0], combine_wf, [(field_mask[1], "inputnode.mask")]),
-        (unwrap_wf, combine_wf, [("outputnode.unwrapped", "inputnode.unwrapped")]),
-        (load, background_wf, [("meta", "inputnode.meta")]),
-        (mask_wf, background_wf, [("outputnode.mask", "inputnode.mask")]),
-        (combine_wf, background_wf, [("outputnode.field", "inputnode.field"),
-                                     ("outputnode.noise", "inputnode.noise")]),
-        (load, inversion_wf, [("meta", "inputnode.meta"),
-                              ("magnitude", "inputnode.magnitude")]),
-        (combine_wf, inversion_wf, [("outputnode.noise", "inputnode.noise")]),
-        (background_wf, inversion_wf, [("outputnode.local_field", "inputnode.local_field"),
-                                       ("outputnode.local_mask", "inputnode.local_mask")]),
-        (load, write, [("meta", "meta")]),
-        (mask_wf, write, [("outputnode.mask", "mask")]),
-        (combine_wf, write, [("outputnode.field", "total_field")]),
-        (final_local[0], write, [(final_local[1], "local_field")]),
-        (final_mask[0], write, [(final_mask[1], "local_mask")]),
-        (final_note[0], write, [(final_note[1], "reference_note")]),
-        (final_chi[0], sign, [(final_chi[1], "chi")]),
-        (final_mask[0], sign, [(final_mask[1], "mask")]),
-        (sign, write, [("chi", "chi"), ("sign", "sign"), ("report", "sign_check")]),
-    ])  # fmt: skip
-    if run.magnitude_files and registration:
-        reg_wf = init_registration_wf(
-            run=run,
-            output_dir=output_dir,
-            bids_dir=bids_dir,
-            provenance=recipe.provenance(),
-            n_procs=n_procs,
-            mem_gb=max(1.0, 25 * vol + 0.5),
-        )
-        if run.t1w is not None:
-            reg_wf.inputs.inputnode.t1w = str(run.t1w)
-        wf.connect([
-            (load, reg_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-            (final_mask[0], reg_wf, [(final_mask[1], "inputnode.mask")]),
-            (sign, reg_wf, [("chi", "inputnode.chi")]),
-        ])  # fmt: skip
-    if segmentation is not None:
-        seg_wf = init_segmentation_wf(
-            segmentation, run=run, output_dir=output_dir, bids_dir=bids_dir, mem_gb=2 * vol + 0.3
-        )
-        wf.connect([
-            (sign, seg_wf, [("chi", "inputnode.chi")]),
-            (final_mask[0], seg_wf, [(final_mask[1], "inputnode.mask")]),
-        ])  # fmt: skip
-    if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
-        r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
-        wf.connect([
-            (load, r2star_wf, [("magnitude", "inputnode.magnitude"), ("meta", "inputnode.meta")]),
-            (field_mask[0], r2star_wf, [(field_mask[1], "inputnode.mask")]),
-            (r2star_wf, write, [("outputnode.r2star", "r2star"), ("outputnode.t2star", "t2star")]),
-        ])  # fmt: skip
-        for _, inv in stages:
-            wf.connect(r2star_wf, "outputnode.r2star", inv, "inputnode.r2star")
-        if two_pass_wf is not None:
-            wf.connect(r2star_wf, "outputnode.r2star", two_pass_wf, "inputnode.r2star")
-    return wf
+    reg_wf.get_node("registration_derivatives").inputs.run_hash = run_hash
+    if run.t1w is not None:
+        reg_wf.inputs.inputnode.t1w = str(run.t1w)
+    return reg_wf
 
 
 def init_participant_wf(
     runs: list[Run],
-    recipe: Recipe,
+    config: Config,
     *,
-    output_dir: Path,
-    bids_dir: Path,
-    work_dir: Path,
+    recipe: Recipe | None = None,
     mask_files: dict[str, str] | None = None,
-    reference_mask: str | None = None,
-    phase_sign: str = "auto",
-    registration: bool = True,
     segmentations: dict[str, Segmentation] | None = None,
-    n_procs: int = 1,
+    run_hashes: dict[str, str] | None = None,
 ) -> pe.Workflow:
     """All runs' QSM workflows side by side in one workflow, for one nipype execution.
 
-    ``n_procs`` cores are shared: with R runs, each FFT-heavy node gets
-    ``n_procs // min(R, n_procs)`` threads, so R runs can proceed in parallel.
-
-    ``mask_files`` and ``segmentations`` map a run's :attr:`~qsm_bids.bids.layout.Run.name`
-    to a user brain mask and to a user segmentation.
+    Parameters
+    ----------
+    runs : list of Run
+        The runs to process.
+    config : Config
+        The settings (:mod:`qsm_bids.config`); the work folder is
+        ``config.execution.work_dir``. Each FFT-heavy node gets
+        ``config.nipype.omp_nthreads`` threads where that is set (> 0); otherwise the
+        cores (``config.nipype.nprocs``, 0 = all available) are shared: with R runs,
+        ``cores // min(R, cores)`` threads each, so R runs can proceed in parallel.
+    recipe : Recipe or None, default None
+        The recipe; default ``config.recipe`` (a caller's modified recipe otherwise).
+    mask_files, segmentations, run_hashes : dict or None, default None
+        Map a run's :attr:`~qsm_bids.bids.layout.Run.name` to a user brain mask, a user
+        segmentation and the provenance hash written into its sidecars (``RunHash``).
     """
-    wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(work_dir))
-    # threads per FFT-heavy node: share the cores between runs that can go side by side
-    threads = max(1, n_procs // max(1, min(len(runs), n_procs)))
+    recipe = recipe or config.recipe
+    wf = pe.Workflow(name="qsm_bids_wf", base_dir=str(Path(config.execution.work_dir).resolve()))
+    threads = omp_threads(config, len(runs))
     for run in runs:
-        wf.add_nodes(
-            [
-                init_qsm_wf(
-                    run,
-                    recipe,
-                    output_dir=output_dir,
-                    bids_dir=bids_dir,
-                    mask_file=(mask_files or {}).get(run.name),
-                    reference_mask=reference_mask,
-                    phase_sign=phase_sign,
-                    registration=registration,
-                    segmentation=(segmentations or {}).get(run.name),
-                    n_procs=threads,
-                )
-            ]
+        qsm_wf = init_qsm_wf(
+            run,
+            config,
+            recipe=recipe,
+            mask_file=(mask_files or {}).get(run.name),
+            segmentation=(segmentations or {}).get(run.name),
+            run_hash=(run_hashes or {}).get(run.name, ""),
+            omp_nthreads=threads,
         )
+        wf.add_nodes([qsm_wf])
     return wf
+
+
+def omp_threads(config: Config, n_runs: int) -> int:
+    """Threads per FFT-heavy node: ``config.nipype.omp_nthreads`` when set (> 0), else the
+    cores (``config.nipype.nprocs``, 0 = all available) shared between ``n_runs`` runs
+    that can go side by side."""
+    if config.nipype.omp_nthreads > 0:
+        return int(config.nipype.omp_nthreads)
+    cores = config.nipype.nprocs if config.nipype.nprocs > 0 else len(os.sched_getaffinity(0))
+    cores = max(1, int(cores))
+    return max(1, cores // max(1, min(n_runs, cores)))
+
+
+def _resolved(path: Path | str | None) -> str | None:
+    """``path`` made absolute (nodes run in their own folders), or None."""
+    return str(Path(path).resolve()) if path else None
+
+
+def _folders(config: Config) -> dict[str, Path]:
+    """``output_dir`` and ``bids_dir`` of ``config.execution``, absolute."""
+    return {
+        "output_dir": Path(config.execution.output_dir).resolve(),
+        "bids_dir": Path(config.execution.bids_dir).resolve(),
+    }

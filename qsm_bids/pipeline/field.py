@@ -1,4 +1,5 @@
-"""Workflows from raw echoes to the total field: brain mask, unwrapping, echo combination."""
+"""Workflows from raw echoes to the total field: brain mask, the mask the field is fitted on,
+unwrapping, echo combination."""
 
 from __future__ import annotations
 
@@ -12,18 +13,9 @@ from qsm_bids.interfaces.reportlets import (
     UnwrapReportlet,
 )
 from qsm_bids.interfaces.stages import BrainMask, CombineEchoes, UnwrapPhase
+from qsm_bids.interfaces.two_pass import FillMaskHoles
+from qsm_bids.pipeline.nodes import stage_node
 from qsm_bids.recipe import StageChoice
-
-
-def stage_node(interface, choice: StageChoice, *, name: str, mem_gb: float, n_procs: int):
-    """A nipype node running ``interface`` with the recipe's algorithm and parameters."""
-    node = pe.Node(
-        interface(algorithm=choice.algorithm, params=dict(choice.params), num_threads=n_procs),
-        name=name,
-        mem_gb=mem_gb,
-        n_procs=n_procs,
-    )
-    return node
 
 
 def init_mask_wf(
@@ -56,6 +48,31 @@ def init_mask_wf(
             (inputnode, figure, [("phase", "phase"), ("magnitude", "magnitude")]),
             (node, figure, [("mask", "mask")]),
         ])  # fmt: skip
+    return wf
+
+
+def init_field_mask_wf(
+    *, fill_holes: bool = False, mem_gb: float = 0.5, name: str = "field_mask_wf"
+) -> pe.Workflow:
+    """The mask the field is unwrapped and fitted on (and R2* mapped on).
+
+    For the two-pass inversion (``fill_holes``) it is the brain mask with its holes filled
+    (:func:`qsm_bids.core.inversion.two_pass.fill_mask_holes`): the second pass needs the
+    total field in them; otherwise the brain mask itself.
+
+    Inputs: ``mask``. Outputs: ``mask``.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(IdentityInterface(["mask"]), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(["mask"]), name="outputnode")
+    if not fill_holes:
+        wf.connect(inputnode, "mask", outputnode, "mask")
+        return wf
+    fill = pe.Node(FillMaskHoles(), name="fill_mask_holes", mem_gb=mem_gb)
+    wf.connect([
+        (inputnode, fill, [("mask", "mask")]),
+        (fill, outputnode, [("mask", "mask")]),
+    ])  # fmt: skip
     return wf
 
 

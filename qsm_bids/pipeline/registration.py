@@ -193,7 +193,7 @@ def init_segmentation_wf(
         Memory estimate of each node.
     run, output_dir, bids_dir : optional
         When ``run`` is given, a :class:`WriteSegmentationDerivatives` node writes
-        ``<prefix>_space-orig_desc-<name>_dseg.nii.gz`` (+ ``.json``, ``.tsv``) and
+        ``<prefix>_desc-<name>_dseg.nii.gz`` (+ ``.json``, ``.tsv``) and
         ``<prefix>_desc-<name>_regionstats.tsv`` (+ ``.json``) into ``output_dir``.
     reportlets : Reportlets or None, default None
         When given, the ``desc-seg<name>`` figure (the labels over the map) is drawn.

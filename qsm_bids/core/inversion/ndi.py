@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import _finish, _prepare, _weights_sq
+from qsm_bids.core.inversion.common import finish, prepare, weights_sq
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["ndi"]
@@ -85,8 +85,8 @@ def ndi(
         raise ValueError("tau and phase_scale must be > 0 and alpha >= 0")
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    f, m, shape, box = _prepare(local_field, mask)
-    w2 = _weights_sq(weights, mask, box)
+    f, m, shape, box = prepare(local_field, mask)
+    w2 = weights_sq(weights, mask, box)
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
 
     # field in ppm -> phase in rad; x is the susceptibility in the same scaled units
@@ -113,4 +113,4 @@ def ndi(
             x *= mf  # projection onto chi = 0 outside the mask
 
     chi = x / np.float32(phase_scale)
-    return _finish(chi, mask, box)
+    return finish(chi, mask, box)

@@ -14,16 +14,17 @@ import logging
 
 import numpy as np
 
-from qsm_bids.core.inversion.medi import _phase_scale
-from qsm_bids.core.inversion.regularisation import automatic_lambda
-from qsm_bids.core.inversion.tkd import (
-    _finish,
-    _grad_scale,
-    _grad_symbol_sq,
-    _prepare,
-    _weights_sq,
+from qsm_bids.core.inversion.common import (
+    finish,
+    grad_add,
+    grad_adjoint,
+    grad_scale,
+    grad_symbol_sq,
+    prepare,
+    resolve_phase_scale,
+    weights_sq,
 )
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
+from qsm_bids.core.inversion.regularisation import automatic_lambda
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["LAMBDA_PER_SIGMA", "nltv"]
@@ -164,9 +165,9 @@ def nltv(
         raise ValueError("beta and mu_h must be > 0")
     if int(max_iter) < 1 or int(newton_iter) < 1:
         raise ValueError("max_iter and newton_iter must be >= 1")
-    f, m, shape, box = _prepare(local_field, mask)
-    w2 = _weights_sq(weights, mask, box)
-    s = _phase_scale(f, w2, phase_scale)
+    f, m, shape, box = prepare(local_field, mask)
+    w2 = weights_sq(weights, mask, box)
+    s = resolve_phase_scale(f, w2, phase_scale)
     if float(lambda_) == 0:
         # the weight from the data: proportional to the field's error level (ppm)
         lam_ppm, sigma = automatic_lambda(
@@ -186,14 +187,14 @@ def nltv(
 
     # Kernels and denominators, once (FANSI: the y sub-problem is a k-space division).
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
-    gsq = _grad_symbol_sq(shape, voxel_size)  # |G(k)|^2 = minus the Laplacian's symbol
+    gsq = grad_symbol_sq(shape, voxel_size)  # |G(k)|^2 = minus the Laplacian's symbol
     den = mu1 * gsq + mu2 * d * d
     with np.errstate(divide="ignore"):
         inv_den = np.where(den > 0, np.float32(1) / den, np.float32(0)).astype(np.float32)
     coef_g = (mu1 * inv_den).astype(np.float32)
     coef_d = (mu2 * d * inv_den).astype(np.float32)
     del den, inv_den
-    inv_h = [float(x) for x in 1.0 / _grad_scale(voxel_size)]
+    inv_h = [float(x) for x in 1.0 / grad_scale(voxel_size)]
     kappa = np.float32(float(lambda_) / float(rho))
     if weak_harmonic:
         muh = np.float32(mu_h)
@@ -219,7 +220,7 @@ def nltv(
         # (1) y = argmin mu1/2||G y - z + q||^2 + mu2/2||D y + h - v + t||^2 (k-space)
         for a in range(3):
             np.subtract(z[a], q[a], out=z[a])
-        k_g = rfftn(_grad_adjoint(z, inv_h, buf, tmp))
+        k_g = rfftn(grad_adjoint(z, inv_h, buf, tmp))
         np.subtract(v, t, out=buf)
         if weak_harmonic:
             buf -= h
@@ -238,7 +239,7 @@ def nltv(
         # (2) z = shrink(G y + q, lambda/mu1); dual q <- G y + q - z
         for a in range(3):
             np.copyto(z[a], q[a])
-        _grad_add(y_new, inv_h, z)
+        grad_add(y_new, inv_h, z)
         if isotropic:
             np.multiply(z[0], z[0], out=buf)
             for a in (1, 2):
@@ -286,4 +287,4 @@ def nltv(
         if norm > 0 and change / norm < tol:
             break
 
-    return _finish(y / np.float32(s), mask, box)
+    return finish(y / np.float32(s), mask, box)

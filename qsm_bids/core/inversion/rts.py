@@ -8,67 +8,22 @@ mapping with sparsity priors. NeuroImage 2018;167:276-283.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import (
-    _finish,
-    _grad_scale,
-    _grad_symbol_sq,
-    _prepare,
-    _weights_sq,
+from qsm_bids.core.inversion.common import (
+    cg_normal,
+    finish,
+    grad_add,
+    grad_adjoint,
+    grad_scale,
+    grad_symbol_sq,
+    prepare,
+    weights_sq,
 )
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 from qsm_bids.core.linalg import dot
 
 __all__ = ["rts"]
-
-
-def _cg(
-    op: Callable[[np.ndarray], np.ndarray], b: np.ndarray, n_iter: int, tol: float
-) -> np.ndarray:
-    """Conjugate gradients for ``op(x) = b`` (``op`` symmetric positive semi-definite),
-    started from zero, at most ``n_iter`` iterations, stopping when ``||r|| <= tol ||b||``.
-    Returns float32."""
-    x = np.zeros_like(b)
-    r = b.copy()
-    p = r.copy()
-    rs = dot(r, r)
-    stop = float(tol) ** 2 * rs
-    for _ in range(int(n_iter)):
-        if rs <= stop or rs == 0.0:
-            break
-        q = op(p)
-        pq = dot(p, q)
-        if pq <= 0.0:
-            break
-        alpha = np.float32(rs / pq)
-        x += alpha * p
-        r -= alpha * q
-        rs_new = dot(r, r)
-        p *= np.float32(rs_new / rs)
-        p += r
-        rs = rs_new
-    return x
-
-
-def _cg_normal(
-    apply_a: Callable[[np.ndarray], np.ndarray],
-    w2: np.ndarray,
-    f: np.ndarray,
-    n_iter: int,
-    tol: float,
-) -> np.ndarray:
-    """Weighted least squares ``min ||W (A x - f)||^2`` for a symmetric real ``A``.
-
-    Conjugate gradients on the normal equations ``A W^2 A x = A W^2 f`` started from zero
-    (CGLS; the same Krylov iterates as LSQR in exact arithmetic), at most ``n_iter``
-    iterations, stopping when the normal-equation residual falls below ``tol`` times its
-    initial value. Early stopping regularises the solution. Returns float32.
-    """
-    return _cg(lambda p: apply_a(w2 * apply_a(p)), apply_a(w2 * f), n_iter, tol)
 
 
 def _shrink_update(
@@ -176,8 +131,8 @@ def rts(
         raise ValueError("mu and rho must be > 0, rho_gamma >= 1 and rho_tau > 0")
     if int(max_iter) < 1 or int(ls_iter) < 1:
         raise ValueError("max_iter and ls_iter must be >= 1")
-    f, m, shape, box = _prepare(local_field, mask)
-    w2 = _weights_sq(weights, mask, box)
+    f, m, shape, box = prepare(local_field, mask)
+    w2 = weights_sq(weights, mask, box)
 
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
     wc = np.abs(d) > np.float32(delta)  # well-conditioned frequencies (k = 0 excluded)
@@ -197,12 +152,12 @@ def rts(
             y *= mf
             return y
 
-    chi_wc = _cg_normal(apply_a, w2, f, int(ls_iter), 1e-6)
+    chi_wc = cg_normal(apply_a, w2, f, int(ls_iter), 1e-6)
     chi_wc *= mf  # the estimate is only meaningful inside the mask
 
     # ---- Step 2 (Kames 2018): TV-regularised filling of the ill-conditioned cone by ADMM ----
     mu_m = np.where(wc, np.float32(mu), np.float32(0)).astype(np.float32)
-    lap = _grad_symbol_sq(shape, voxel_size)
+    lap = grad_symbol_sq(shape, voxel_size)
     rho_k = float(rho)
 
     def coefficients(r: float) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +168,7 @@ def rts(
 
     x_wc = rfftn(chi_wc)
     coef_wc, coef_g = coefficients(rho_k)
-    inv_h = [float(v) for v in 1.0 / _grad_scale(voxel_size)]
+    inv_h = [float(v) for v in 1.0 / grad_scale(voxel_size)]
 
     chi = chi_wc
     z = [np.zeros(shape, np.float32) for _ in range(3)]
@@ -226,7 +181,7 @@ def rts(
         # z-update and scaled dual update: z = shrink(G chi + u, 1/rho), u += G chi - z
         for a in range(3):
             z[a].fill(0)
-        _grad_add(chi, inv_h, z)
+        grad_add(chi, inv_h, z)
         res = _shrink_update(z, u, np.float32(1.0 / rho_k), buf)
 
         # residual balancing: raise rho when the primal residual stalls
@@ -240,7 +195,7 @@ def rts(
         # chi-update: (mu M + rho |G|^2) F chi = mu M F chi_wc + rho F G^T (z - u)
         for a in range(3):
             np.subtract(z[a], u[a], out=z[a])
-        k = rfftn(_grad_adjoint(z, inv_h, buf, tmp))
+        k = rfftn(grad_adjoint(z, inv_h, buf, tmp))
         k *= coef_g
         k += coef_wc * x_wc
         chi_new = irfftn(k, s=shape).astype(np.float32, copy=False)
@@ -252,4 +207,4 @@ def rts(
         if norm > 0 and change < tol * norm:
             break
 
-    return _finish(chi, mask, box)
+    return finish(chi, mask, box)

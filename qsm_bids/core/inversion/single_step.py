@@ -26,14 +26,15 @@ import numpy as np
 
 from qsm_bids.core.background._common import _smv_and_erosion
 from qsm_bids.core.background.vsharp import distinct_radii
-from qsm_bids.core.inversion.tkd import (
-    _finish,
-    _grad_scale,
-    _grad_symbol_sq,
-    _prepare,
-    _weights_sq,
+from qsm_bids.core.inversion.common import (
+    finish,
+    grad_add,
+    grad_adjoint,
+    grad_scale,
+    grad_symbol_sq,
+    prepare,
+    weights_sq,
 )
-from qsm_bids.core.inversion.tv_admm import _grad_add, _grad_adjoint
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["sstv"]
@@ -144,8 +145,8 @@ def sstv(
 
     # Pad the box by the largest radius so that the spheres never wrap.
     margin = max(8, int(math.ceil(radii[0] / min(vs))) + 2)
-    f, m, shape, box = _prepare(total_field, mask, margin=margin)
-    w2 = _weights_sq(weights, mask, box)
+    f, m, shape, box = prepare(total_field, mask, margin=margin)
+    w2 = weights_sq(weights, mask, box)
     mf = m.astype(np.float32)
     d = dipole_kernel(shape, vs, b0_dir, real=True, dc=0.0)
     f_k = rfftn(f)
@@ -180,7 +181,7 @@ def sstv(
     alpha = np.float32(relaxation)
     beta = np.float32(1.0 - float(relaxation))
     # (Chatnuntawech 2017) chi sub-problem: one k-space division, kernel built once.
-    den = mu1 * _grad_symbol_sq(shape, vs) + mu3
+    den = mu1 * grad_symbol_sq(shape, vs) + mu3
     for k in kernels:
         den += mu2 * k * k
     inv_den = (np.float32(1) / den).astype(np.float32)
@@ -188,7 +189,7 @@ def sstv(
     coef = [(mu2 * k * inv_den).astype(np.float32) for k in kernels]
     v_den = [(np.float32(1) / (w + mu2)).astype(np.float32) for w in w_data]
     del w_data
-    inv_h = [float(x) for x in 1.0 / _grad_scale(vs)]
+    inv_h = [float(x) for x in 1.0 / grad_scale(vs)]
     kappa = np.float32(float(lambda_) / float(rho))
 
     # ADMM variables (scaled form): z = G chi (dual s), v_r = S_r D chi (dual t_r),
@@ -208,7 +209,7 @@ def sstv(
         #     + mu3/2||chi - y + u||^2: a k-space division
         for a in range(3):
             np.subtract(z[a], s[a], out=z[a])
-        _grad_adjoint(z, inv_h, buf, tmp)
+        grad_adjoint(z, inv_h, buf, tmp)
         buf *= mu1
         np.subtract(y, u, out=tmp)
         tmp *= mu3
@@ -226,7 +227,7 @@ def sstv(
             z[a] *= beta
             z[a] += s[a]
         np.multiply(chi_new, alpha, out=buf)
-        _grad_add(buf, inv_h, z)
+        grad_add(buf, inv_h, z)
         for a in range(3):
             np.clip(z[a], -kappa, kappa, out=s[a])
             z[a] -= s[a]
@@ -260,4 +261,4 @@ def sstv(
         if norm > 0 and change / norm < tol:
             break
 
-    return _finish(y, mask, box)
+    return finish(y, mask, box)

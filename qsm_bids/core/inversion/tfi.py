@@ -27,14 +27,15 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from qsm_bids.core.inversion.medi import (
-    _check_gauss_newton,
-    _edge_mask,
-    _lagged_diffusivity,
-    _phase_scale,
+from qsm_bids.core.inversion.common import (
+    finish,
+    grad_add,
+    grad_scale,
+    prepare,
+    resolve_phase_scale,
+    weights_sq,
 )
-from qsm_bids.core.inversion.tkd import _finish, _grad_scale, _prepare, _weights_sq
-from qsm_bids.core.inversion.tv_admm import _grad_add
+from qsm_bids.core.inversion.medi import _check_gauss_newton, _edge_mask, _lagged_diffusivity
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 from qsm_bids.core.linalg import conjugate_gradient
 from qsm_bids.core.stencils import weighted_div_grad
@@ -162,14 +163,14 @@ def tfi(
     if not math.isfinite(float(extension_mm)):
         raise ValueError(f"extension_mm must be finite, got {extension_mm}")
     vs = tuple(float(v) for v in voxel_size)
-    inv_h = [float(x) for x in 1.0 / _grad_scale(vs)]
+    inv_h = [float(x) for x in 1.0 / grad_scale(vs)]
     ext = float(extension_mm)
     margin = 8 if ext <= 0 else int(math.ceil(ext / min(vs))) + _MARGIN
-    f, m, shape, box = _prepare(total_field, mask, margin=margin)
+    f, m, shape, box = prepare(total_field, mask, margin=margin)
     if not np.any(m):
         raise ValueError("mask is empty")
-    w2 = _weights_sq(weights, mask, box)
-    s = _phase_scale(f, w2, phase_scale)
+    w2 = weights_sq(weights, mask, box)
+    s = resolve_phase_scale(f, w2, phase_scale)
     phi = f
     phi *= np.float32(s)
     del f
@@ -218,7 +219,7 @@ def tfi(
         np.multiply(y, prec, out=chi)
         for g in gy:
             g.fill(0)
-        _grad_add(chi, inv_h, gy)
+        grad_add(chi, inv_h, gy)
         _lagged_diffusivity(edge, gy, eps, r)
         # gradient of the cost in y: P [G^T R G chi + 2 lambda D W^2 sin(D chi - phi)]
         weighted_div_grad(chi, r, inv_h, res)
@@ -239,4 +240,4 @@ def tfi(
             break
     np.multiply(y, prec, out=chi)
     chi /= np.float32(s)
-    return _finish(chi, mask, box)
+    return finish(chi, mask, box)

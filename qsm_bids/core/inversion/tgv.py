@@ -18,7 +18,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from qsm_bids.core.inversion.tkd import _finish, _prepare, _weights_sq
+from qsm_bids.core.inversion.common import finish, prepare, weights_sq
 from qsm_bids.core.stencils import laplacian, numba_threads
 
 __all__ = ["tgv"]
@@ -480,8 +480,8 @@ def tgv(
     if int(levels) < 0:
         raise ValueError(f"levels must be >= 0, got {levels}")
     _dipole_stencil(voxel_size, b0_dir)  # validates both
-    f, mk, _, box = _prepare(local_field, mask, margin=BOX_MARGIN)
-    w2 = _weights_sq(weights, mask, box)
+    f, mk, _, box = prepare(local_field, mask, margin=BOX_MARGIN)
+    w2 = weights_sq(weights, mask, box)
     h = [float(x) for x in voxel_size]
     prev = numba.get_num_threads()
     numba.set_num_threads(numba_threads())
@@ -502,4 +502,4 @@ def tgv(
         )
     finally:
         numba.set_num_threads(prev)
-    return _finish(chi, mask, box)
+    return finish(chi, mask, box)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qsm_bids.core.inversion.tkd import _finish, _grad_symbol_sq, _prepare
+from qsm_bids.core.inversion.common import finish, grad_symbol_sq, prepare
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
 
 __all__ = ["tikhonov"]
@@ -58,10 +58,10 @@ def tikhonov(
     del weights
     if float(lambda_) <= 0:
         raise ValueError(f"lambda_ must be > 0, got {lambda_}")
-    f, _, shape, sl = _prepare(local_field, mask)
+    f, _, shape, sl = prepare(local_field, mask)
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
     if regularizer == "gradient":
-        reg = _grad_symbol_sq(shape, voxel_size)
+        reg = grad_symbol_sq(shape, voxel_size)
     elif regularizer == "identity":
         reg = np.ones_like(d)
     else:
@@ -71,4 +71,4 @@ def tikhonov(
     with np.errstate(divide="ignore", invalid="ignore"):
         filt = np.where(den > 0, d / den, np.float32(0)).astype(np.float32)
     chi = irfftn(rfftn(f) * filt, s=shape)
-    return _finish(chi, mask, sl)
+    return finish(chi, mask, sl)

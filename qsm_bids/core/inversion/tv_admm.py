@@ -12,20 +12,20 @@ its linear, weighted-TV variant).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 
-from qsm_bids.core.inversion.regularisation import automatic_lambda
-from qsm_bids.core.inversion.tkd import (
-    _finish,
-    _grad_scale,
-    _grad_symbol_sq,
-    _prepare,
-    _weights_sq,
+from qsm_bids.core.inversion.common import (
+    finish,
+    grad_add,
+    grad_adjoint,
+    grad_scale,
+    grad_symbol_sq,
+    prepare,
+    weights_sq,
 )
+from qsm_bids.core.inversion.regularisation import automatic_lambda
 from qsm_bids.core.kernels import dipole_kernel, irfftn, rfftn
-from qsm_bids.core.stencils import axis_slices
 
 __all__ = ["LAMBDA_PER_SIGMA", "tv_admm"]
 
@@ -39,36 +39,6 @@ log = logging.getLogger("qsm_bids")
 #: the pipeline's PDF local field) 0.05 / 0.10 / 0.15 / 0.20 gave 49.6 / 48.8 / 49.4 /
 #: 51.1 %.
 LAMBDA_PER_SIGMA = 0.15
-
-
-def _edge(axis: int, index: int) -> tuple[slice | int, ...]:
-    """Index tuple selecting the plane ``index`` along ``axis``."""
-    sel: list[slice | int] = [slice(None)] * 3
-    sel[axis] = index
-    return tuple(sel)
-
-
-def _grad_add(x: np.ndarray, inv_h: Sequence[float], out: Sequence[np.ndarray]) -> None:
-    """``out[a] += G_a x``: periodic forward differences divided by the step ``h_a``."""
-    for a in range(3):
-        hi, lo = axis_slices(a)
-        o = out[a]
-        o[lo] += (x[hi] - x[lo]) * np.float32(inv_h[a])
-        o[_edge(a, -1)] += (x[_edge(a, 0)] - x[_edge(a, -1)]) * np.float32(inv_h[a])
-
-
-def _grad_adjoint(
-    q: Sequence[np.ndarray], inv_h: Sequence[float], out: np.ndarray, tmp: np.ndarray
-) -> np.ndarray:
-    """``out = sum_a G_a^T q_a`` (negative backward-difference divergence), periodic."""
-    out.fill(0)
-    for a in range(3):
-        hi, lo = axis_slices(a)
-        np.subtract(q[a][lo], q[a][hi], out=tmp[hi])
-        np.subtract(q[a][_edge(a, -1)], q[a][_edge(a, 0)], out=tmp[_edge(a, 0)])
-        tmp *= np.float32(inv_h[a])
-        out += tmp
-    return out
 
 
 def tv_admm(
@@ -146,22 +116,22 @@ def tv_admm(
         )
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    f, m, shape, sl = _prepare(local_field, mask)
+    f, m, shape, sl = prepare(local_field, mask)
     mu1 = np.float32(rho)
     mu2 = np.float32(1.0)
 
     # Data weights W^2 (zero outside the mask), normalised to mean 1 inside it.
-    w2 = _weights_sq(weights, mask, sl)
+    w2 = weights_sq(weights, mask, sl)
 
     # Kernels and denominators, once (FANSI: the chi sub-problem is a k-space division).
     d = dipole_kernel(shape, voxel_size, b0_dir, real=True, dc=0.0)
-    den = mu1 * _grad_symbol_sq(shape, voxel_size) + mu2 * d * d
+    den = mu1 * grad_symbol_sq(shape, voxel_size) + mu2 * d * d
     with np.errstate(divide="ignore"):
         inv_den = np.where(den > 0, np.float32(1) / den, np.float32(0)).astype(np.float32)
     coef_g = (mu1 * inv_den).astype(np.float32)  # multiplies F(G^T (z - s))
     coef_d = (mu2 * d * inv_den).astype(np.float32)  # multiplies F(v - t)
     del den, inv_den
-    inv_h = [float(x) for x in 1.0 / _grad_scale(voxel_size)]
+    inv_h = [float(x) for x in 1.0 / grad_scale(voxel_size)]
     v_num = w2 * f  # W^2 f, numerator of the v-update
     v_den = np.float32(1) / (w2 + mu2)
     kappa = np.float32(float(lambda_) / float(rho))
@@ -179,7 +149,7 @@ def tv_admm(
         # (1) chi = argmin mu1/2||G chi - z + s||^2 + mu2/2||D chi - v + t||^2 (k-space)
         for a in range(3):
             np.subtract(z[a], s[a], out=z[a])  # z - s, restored below as z is recomputed
-        k_g = rfftn(_grad_adjoint(z, inv_h, buf, tmp))
+        k_g = rfftn(grad_adjoint(z, inv_h, buf, tmp))
         np.subtract(v, t, out=buf)
         k_d = rfftn(buf)
         k_g *= coef_g
@@ -192,7 +162,7 @@ def tv_admm(
         # (2) z = shrink(G chi + s, lambda/mu1); dual s <- G chi + s - z (= clipped part)
         for a in range(3):
             np.copyto(z[a], s[a])
-        _grad_add(chi_new, inv_h, z)  # z now holds G chi + s
+        grad_add(chi_new, inv_h, z)  # z now holds G chi + s
         if isotropic:
             # isotropic TV: shrink the gradient vector's length by kappa
             np.multiply(z[0], z[0], out=buf)
@@ -225,4 +195,4 @@ def tv_admm(
         if norm > 0 and change / norm < tol:
             break
 
-    return _finish(chi, mask, sl)
+    return finish(chi, mask, sl)
