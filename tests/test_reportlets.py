@@ -29,7 +29,7 @@ from qsm_bids.interfaces.sign import CheckPhaseSign
 from qsm_bids.pipeline.field import init_echo_combination_wf, init_mask_wf, init_unwrap_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
-    init_chi_reportlets_wf,
+    init_estimate_reportlets_wf,
     init_inversion_wf,
     init_r2star_wf,
 )
@@ -73,9 +73,9 @@ def small_run(tmp_path_factory):
     mask_wf = init_mask_wf(recipe["mask"], reportlets=rep)
     unwrap_wf = init_unwrap_wf(recipe["unwrap"], reportlets=rep)
     combine_wf = init_echo_combination_wf(recipe["combine"], reportlets=rep)
-    bg_wf = init_background_wf(recipe["background"], reportlets=rep)
+    bg_wf = init_background_wf(recipe["background"])
     inv_wf = init_inversion_wf(recipe["inversion"], recipe["reference"])
-    chi_wf = init_chi_reportlets_wf(rep, recipe["reference"])
+    chi_wf = init_estimate_reportlets_wf(rep, recipe["reference"])
     r2_wf = init_r2star_wf(recipe["r2star"], reportlets=rep)
     sign = pe.Node(CheckPhaseSign(mode="auto"), name="phase_sign")
     wf.connect([
@@ -96,8 +96,10 @@ def small_run(tmp_path_factory):
                          ("outputnode.local_mask", "inputnode.local_mask")]),
         (inv_wf, sign, [("outputnode.chi", "chi")]),
         (bg_wf, sign, [("outputnode.local_mask", "mask")]),
-        (sign, chi_wf, [("chi", "inputnode.chi")]),
-        (bg_wf, chi_wf, [("outputnode.local_mask", "inputnode.local_mask")]),
+        (sign, chi_wf, [("chi", "inputnode.chi"), ("sign", "inputnode.sign")]),
+        (bg_wf, chi_wf, [("outputnode.local_mask", "inputnode.local_mask"),
+                         ("outputnode.local_field", "inputnode.local_field")]),
+        (combine_wf, chi_wf, [("outputnode.field", "inputnode.total_field")]),
         (mask_wf, chi_wf, [("outputnode.mask", "inputnode.brain_mask")]),
         (load, chi_wf, [("meta", "inputnode.meta"), ("magnitude", "inputnode.magnitude")]),
         (inv_wf, chi_wf, [("outputnode.reference_note", "inputnode.reference_note")]),
@@ -201,6 +203,29 @@ def test_labels_and_registration_reportlets(small_run, tmp_path):
     assert _not_blank(Path(written)) > 0.02
 
 
+def test_field_reportlet_shows_the_field_as_written(small_run, tmp_path):
+    """With the phase-sign check's -1 the field is drawn negated, as the derivative is."""
+    from qsm_bids.interfaces.base import read_volume, write_like
+    from qsm_bids.interfaces.reportlets import FieldReportlet
+
+    *_, results = small_run
+    field = results["combine"].outputs.field
+    mask = results["brain_mask"].outputs.mask
+    negated = write_like(-read_volume(field), field, "negated_by_hand", tmp_path)
+
+    def draw(path, sign, name):
+        out = tmp_path / name
+        node = FieldReportlet(output_dir=str(out), prefix="sub-01", field=path, mask=mask)
+        if sign is not None:
+            node.inputs.sign = sign
+        (written,) = node.run(cwd=str(tmp_path)).outputs.out_report
+        return mpimg.imread(written)
+
+    plain, flipped = draw(field, 1, "plus"), draw(field, -1, "minus")
+    assert plain.shape == flipped.shape and not np.array_equal(plain, flipped)
+    np.testing.assert_array_equal(flipped, draw(negated, None, "by_hand"))
+
+
 def test_brainmask_reportlet_without_magnitude(small_run, tmp_path):
     """Phase-only data: the mask is drawn over the first echo's phase."""
     from qsm_bids.interfaces.reportlets import BrainMaskReportlet
@@ -239,8 +264,9 @@ def test_builders_without_reportlets_add_no_node(small_run):
     for build, figures in (
         (lambda r: init_mask_wf(recipe["mask"], reportlets=r), {"brainmask_reportlet"}),
         (lambda r: init_unwrap_wf(recipe["unwrap"], reportlets=r), {"unwrapped_reportlet"}),
-        (lambda r: init_background_wf(recipe["background"], reportlets=r),
-         {"localfield_reportlet"}),
+        (lambda r: init_echo_combination_wf(recipe["combine"], reportlets=r),
+         {"echofit_reportlet"}),
+        (lambda r: init_r2star_wf(recipe["r2star"], reportlets=r), {"r2star_reportlet"}),
     ):  # fmt: skip
         without = set(build(None).list_node_names())
         assert not [n for n in without if "reportlet" in n]

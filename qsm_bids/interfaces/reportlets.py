@@ -10,14 +10,15 @@ A figure that cannot be drawn does not fail the run: the node logs a warning and
 nothing, and the report draws what it can from the derivatives instead.
 
 Wiring (per run, ``rep = Reportlets.for_run(output_dir, run)``): ``reportlets=rep`` to
-``init_mask_wf``, ``init_unwrap_wf``, ``init_echo_combination_wf``, ``init_r2star_wf``,
-``init_registration_wf``, ``init_segmentation_wf``, to the ``init_background_wf`` whose
-local field is written (the plain pass; with feedback the consistent pass) and to
-``init_two_pass_wf`` when it runs (its combination's local field). The map's figures
-(``desc-chimap``, ``desc-streaking``, ``desc-reference``) come from
-:func:`qsm_bids.pipeline.susceptibility.init_chi_reportlets_wf`, fed with the map after the
-phase-sign check (its inputs: ``chi``, ``local_mask``, ``brain_mask``, ``meta``,
-``reference_note``, ``r2star``, ``magnitude``).
+``init_mask_wf`` (``desc-brainmask``), ``init_unwrap_wf`` (``desc-unwrapped``),
+``init_echo_combination_wf`` (``desc-echofit``), ``init_r2star_wf`` (``desc-r2star``),
+``init_registration_wf`` (``desc-registration``, ``desc-atlas``) and
+``init_segmentation_wf`` (``desc-seg<name>``). The figures of what is written after the
+phase-sign check (``desc-totalfield``, ``desc-localfield``, ``desc-chimap``,
+``desc-streaking``, ``desc-reference``) come from
+:func:`qsm_bids.pipeline.susceptibility.init_estimate_reportlets_wf`, fed with the final
+estimate, the checked map and the check's sign (a node downstream of every stage, so
+these cannot sit inside the stage builders without a cycle).
 """
 
 from __future__ import annotations
@@ -132,6 +133,13 @@ def _opt(value) -> Path | None:
     return Path(value) if isdefined(value) and value else None
 
 
+def _signed(path: str, sign, cwd: Path) -> Path:
+    """``path`` as written to the derivatives: negated when the phase-sign check said so."""
+    if not isdefined(sign) or int(sign) >= 0:
+        return Path(path)
+    return Path(write_like(-read_volume(path), path, "negated", cwd))
+
+
 # --------------------------------------------------------------------------------------
 # One interface per stage
 # --------------------------------------------------------------------------------------
@@ -185,47 +193,45 @@ class UnwrapReportlet(ReportletInterface):
 
 
 class _EchoFitInputSpec(_ReportletInputSpec):
-    field = File(exists=True, mandatory=True, desc="total field (Hz)")
     noise = File(exists=True, mandatory=True, desc="SD of the total field (Hz)")
     mask = File(exists=True, mandatory=True, desc="brain mask")
 
 
 class EchoFitReportlet(ReportletInterface):
-    """``desc-totalfield`` and ``desc-echofit``: the total field and the fit's noise."""
+    """``desc-echofit``: the echo fit's noise (SD of the total field, Hz)."""
 
     input_spec = _EchoFitInputSpec
 
     def draw(self, cwd):
-        from qsm_bids.report.reportlets import field_figure, noise_figure
+        from qsm_bids.report.reportlets import noise_figure
 
-        mask = Path(self.inputs.mask)
-        return [
-            field_figure(self.path("totalfield"), Path(self.inputs.field), mask),
-            noise_figure(self.path("echofit"), Path(self.inputs.noise), mask),
-        ]
+        return [noise_figure(self.path("echofit"), Path(self.inputs.noise), Path(self.inputs.mask))]
 
 
-class _LocalFieldInputSpec(_ReportletInputSpec):
-    local_field = File(exists=True, mandatory=True, desc="local field (Hz)")
-    local_mask = File(exists=True, mandatory=True, desc="where the local field is defined")
-    mask = File(exists=True, desc="brain mask (outlined)")
+class _FieldInputSpec(_ReportletInputSpec):
+    field = File(exists=True, mandatory=True, desc="total or local field (Hz)")
+    mask = File(exists=True, mandatory=True, desc="brain mask (outlined)")
+    local_mask = File(exists=True, desc="where a local field is defined")
+    which = traits.Enum("total", "local", usedefault=True, desc="the field drawn")
+    sign = traits.Int(desc="-1: the phase-sign check negates the field maps written")
 
 
-class LocalFieldReportlet(ReportletInterface):
-    """``desc-localfield``: the local field inside the background-removal mask."""
+class FieldReportlet(ReportletInterface):
+    """``desc-totalfield`` / ``desc-localfield``: a field map as written (negated where
+    the phase-sign check reversed the convention)."""
 
-    input_spec = _LocalFieldInputSpec
+    input_spec = _FieldInputSpec
 
     def draw(self, cwd):
         from qsm_bids.report.reportlets import field_figure
 
-        mask = _opt(self.inputs.mask) or Path(self.inputs.local_mask)
+        field = _signed(self.inputs.field, self.inputs.sign, cwd)
         out = field_figure(
-            self.path("localfield"),
-            Path(self.inputs.local_field),
-            mask,
-            local_mask=Path(self.inputs.local_mask),
-            title="local field",
+            self.path(f"{self.inputs.which}field"),
+            field,
+            Path(self.inputs.mask),
+            local_mask=_opt(self.inputs.local_mask),
+            title=f"{self.inputs.which} field",
         )
         return [out]
 
@@ -417,8 +423,8 @@ __all__ = [
     "BrainMaskReportlet",
     "ChimapReportlet",
     "EchoFitReportlet",
+    "FieldReportlet",
     "LabelsReportlet",
-    "LocalFieldReportlet",
     "R2StarReportlet",
     "ReferenceReportlet",
     "RegistrationReportlet",

@@ -119,7 +119,8 @@ def init_echo_combination_wf(
 
     Inputs: ``unwrapped`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
     Outputs: ``field`` (Hz), ``noise`` (SD of the field, Hz). With ``reportlets``: the
-    ``desc-totalfield`` and ``desc-echofit`` figures.
+    ``desc-echofit`` figure (the noise; the total field's figure is drawn as written, after
+    the phase-sign check: :func:`~qsm_bids.pipeline.susceptibility.init_estimate_reportlets_wf`).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -136,6 +137,6 @@ def init_echo_combination_wf(
         figure = reportlets.node(EchoFitReportlet, "echofit_reportlet")
         wf.connect([
             (inputnode, figure, [("mask", "mask")]),
-            (node, figure, [("field", "field"), ("noise", "noise")]),
+            (node, figure, [("noise", "noise")]),
         ])  # fmt: skip
     return wf

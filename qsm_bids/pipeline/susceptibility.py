@@ -8,7 +8,7 @@ from nipype.pipeline import engine as pe
 
 from qsm_bids.interfaces.reportlets import (
     ChimapReportlet,
-    LocalFieldReportlet,
+    FieldReportlet,
     R2StarReportlet,
     ReferenceReportlet,
     Reportlets,
@@ -20,12 +20,7 @@ from qsm_bids.recipe import StageChoice
 
 
 def init_background_wf(
-    choice: StageChoice,
-    *,
-    mem_gb: float = 1.0,
-    n_procs: int = 1,
-    reportlets: Reportlets | None = None,
-    name: str = "background_wf",
+    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "background_wf"
 ) -> pe.Workflow:
     """Background field removal.
 
@@ -35,8 +30,7 @@ def init_background_wf(
     ``previous_local`` (Hz), the local field ``chi`` came from, from which the pass is
     over-relaxed (the stage's ``feedback_relaxation``), and ``first_local`` (Hz), the plain
     pass's local field, with which the pass removes the background of ``chi``'s field alone
-    (the linear form). Outputs: ``local_field`` (Hz), ``local_mask``. With ``reportlets``:
-    the ``desc-localfield`` figure (give them to the pass whose local field is written).
+    (the linear form). Outputs: ``local_field`` (Hz), ``local_mask``.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -54,12 +48,6 @@ def init_background_wf(
                            ("first_local", "first_local")]),
         (node, outputnode, [("local_field", "local_field"), ("local_mask", "local_mask")]),
     ])  # fmt: skip
-    if reportlets is not None:
-        figure = reportlets.node(LocalFieldReportlet, "localfield_reportlet")
-        wf.connect([
-            (inputnode, figure, [("mask", "mask")]),
-            (node, figure, [("local_field", "local_field"), ("local_mask", "local_mask")]),
-        ])  # fmt: skip
     return wf
 
 
@@ -117,7 +105,6 @@ def init_two_pass_wf(
     reference_mask: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
-    reportlets: Reportlets | None = None,
     name: str = "two_pass_wf",
 ) -> pe.Workflow:
     """Second pass of the two-pass inversion for strong sources, and the combination
@@ -140,9 +127,6 @@ def init_two_pass_wf(
 
     With ``enabled`` False (the recipe's ``two_pass = false``) the workflow passes the
     first pass's estimate through unchanged.
-
-    With ``reportlets`` (and ``enabled``): the ``desc-localfield`` figure of the
-    combination (the map's figures: :func:`init_chi_reportlets_wf`).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -178,33 +162,28 @@ def init_two_pass_wf(
                                ("mask", "local_mask")]),
         (ref, outputnode, [("chi", "chi"), ("note", "reference_note")]),
     ])  # fmt: skip
-    if reportlets is not None:
-        local = reportlets.node(LocalFieldReportlet, "localfield_reportlet")
-        wf.connect([
-            (inputnode, local, [("filled_mask", "mask")]),
-            (combine, local, [("local_field", "local_field"), ("mask", "local_mask")]),
-        ])  # fmt: skip
     return wf
 
 
-def init_chi_reportlets_wf(
+def init_estimate_reportlets_wf(
     reportlets: Reportlets,
     reference: StageChoice,
     *,
     reference_mask: str | None = None,
-    name: str = "chi_reportlets_wf",
+    name: str = "estimate_reportlets_wf",
 ) -> pe.Workflow:
-    """The figures of the susceptibility map as written: ``desc-chimap`` (with the brain
-    and background-removal outlines), ``desc-streaking`` (its streaking index against the
-    flag) and ``desc-reference`` (the referencing region over it).
+    """The figures of the maps as written, after the phase-sign check: ``desc-totalfield``,
+    ``desc-localfield``, ``desc-chimap`` (with the brain and background-removal outlines),
+    ``desc-streaking`` (the map's streaking index against the flag) and ``desc-reference``
+    (the referencing region over the map).
 
-    They take the map after the phase-sign check (a node downstream of the inversion, so
-    they cannot live inside :func:`init_inversion_wf` without a cycle).
+    The check is downstream of every stage and may negate the field maps and the map, so
+    these figures cannot be drawn inside the stage builders (a cycle) and take its sign.
 
-    Inputs: ``chi`` (ppm, referenced and sign-checked), ``local_mask`` (where it is
-    defined), ``brain_mask`` (optional, outlined), ``meta``, ``reference_note`` (the
-    referencing's fallback note), and for CSF referencing ``r2star`` and ``magnitude``.
-    No outputs: the nodes write the figures.
+    Inputs: ``chi`` (ppm, sign-checked), ``sign`` (the check's -1/1), ``total_field`` and
+    ``local_field`` (Hz, before the check), ``local_mask`` (where the map is defined),
+    ``brain_mask``, ``meta``, ``reference_note`` (the referencing's fallback note), and for
+    CSF referencing ``r2star`` and ``magnitude``. No outputs: the nodes write the figures.
 
     Parameters
     ----------
@@ -214,15 +193,17 @@ def init_chi_reportlets_wf(
         The referencing stage (its algorithm and parameters give the region).
     reference_mask : str or None, default None
         The user's reference region (``--reference-mask``).
-    name : str, default "chi_reportlets_wf"
+    name : str, default "estimate_reportlets_wf"
         Workflow name.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
-        IdentityInterface(["chi", "local_mask", "brain_mask", "meta", "reference_note",
-                           "r2star", "magnitude"]),
+        IdentityInterface(["chi", "sign", "total_field", "local_field", "local_mask",
+                           "brain_mask", "meta", "reference_note", "r2star", "magnitude"]),
         name="inputnode",
     )  # fmt: skip
+    total = reportlets.node(FieldReportlet, "totalfield_reportlet", which="total")
+    local = reportlets.node(FieldReportlet, "localfield_reportlet", which="local")
     chimap = reportlets.node(ChimapReportlet, "chimap_reportlet")
     region = reportlets.node(
         ReferenceReportlet,
@@ -233,6 +214,9 @@ def init_chi_reportlets_wf(
     if reference_mask:
         region.inputs.reference_mask = reference_mask
     wf.connect([
+        (inputnode, total, [("total_field", "field"), ("brain_mask", "mask"), ("sign", "sign")]),
+        (inputnode, local, [("local_field", "field"), ("brain_mask", "mask"),
+                            ("local_mask", "local_mask"), ("sign", "sign")]),
         (inputnode, chimap, [("chi", "chi"), ("local_mask", "mask"),
                              ("brain_mask", "brain_mask"), ("meta", "meta")]),
         (inputnode, region, [("chi", "chi"), ("local_mask", "mask"), ("meta", "meta"),
