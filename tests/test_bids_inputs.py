@@ -232,6 +232,22 @@ def test_4d_phase_with_per_echo_magnitude(tmp_path):
     assert circ_err(d.phase, signal[1]) < 1e-6
 
 
+def test_4d_magnitude_sidecar_without_echo_time_is_completed_with_a_warning(tmp_path):
+    """A 4D magnitude whose sidecar lacks EchoTime takes the phase's list; the warning names
+    both files and reaches the loader's notes (which go into the log and the sidecars)."""
+    ds = tmp_path / "ds"
+    info = write_subject(ds, "01", layout="4d", encoding="radians")
+    mag, phase = info["files"]["mag"][0], info["files"]["phase"][0]
+    _edit_sidecar(mag, EchoTime=None)
+    run, d = load_one(ds, "01")
+    assert run.echo_times == pytest.approx(TES)
+    text = (
+        f"EchoTime missing from the sidecar of {mag.name}: taken from its phase twin {phase.name}"
+    )
+    assert text in run.warnings
+    assert text in d.notes
+
+
 def test_real_and_imaginary_parts_become_magnitude_and_phase(tmp_path):
     info = write_subject(tmp_path / "ds", "01", parts="real-imag")
     run, d = load_one(tmp_path / "ds")

@@ -310,7 +310,31 @@ def test_echo_time_from_magnitude_sidecar(tmp_path):
     )
     (r,) = find_runs(ds)
     assert r.echo_times == pytest.approx(info["tes"])
-    assert any("magnitude sidecar" in w for w in r.warnings)
+    # the warning names the file that lacked the key and the twin it came from
+    phase, mag = info["phase_files"][1].name, info["mag_files"][1].name
+    assert f"EchoTime missing from the sidecar of {phase}: taken from its magnitude twin {mag}" in (
+        r.warnings
+    )
+
+
+def test_magnitude_sidecar_completed_from_phase_twin_is_a_warning(tmp_path):
+    ds = tmp_path / "ds"
+    info = write_run(ds)
+    f = info["mag_files"][2]
+    f.with_name(f.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps({"MagneticFieldStrength": 3})
+    )
+    (r,) = find_runs(ds)
+    assert r.echo_times == pytest.approx(info["tes"])
+    twin = [w for w in r.warnings if "missing from the sidecar" in w]
+    assert twin == [
+        f"EchoTime missing from the sidecar of {f.name}: taken from its phase twin "
+        f"{info['phase_files'][2].name}"
+    ]
+    # a complete dataset has no such warning
+    write_run(tmp_path / "ok")
+    (r2,) = find_runs(tmp_path / "ok")
+    assert not [w for w in r2.warnings if "missing from the sidecar" in w]
 
 
 def test_error_echo_times_not_increasing(tmp_path):

@@ -19,6 +19,8 @@ from qsm_bids.bids.layout import Run
 from qsm_bids.interfaces.registration import read_regionstats_tsv
 from qsm_bids.registration.atlas import (
     AAL3_DEEP_GREY,
+    AAL3_RETIRED,
+    aal3_listed_names,
     aal3_names,
     dseg_tsv,
     load_aal3,
@@ -71,7 +73,10 @@ def test_template_and_atlas_are_offline_and_aligned():
     assert TEMPLATE_SPACE == "MNI152NLin2009aSym"
     atlas, names = load_aal3(1)
     assert atlas.shape == load_template(1).shape
-    assert names[77] == "Putamen_L" and names[166] == "Red_N_R" and len(names) == 170
+    assert names[77] == "Putamen_L" and names[166] == "Red_N_R" and len(names) == 166
+    # AAL3's retired labels (Cingulate_Ant 35/36, Thalamus 81/82) have no voxel: not listed
+    assert set(AAL3_RETIRED) == set(aal3_listed_names()) - set(names)
+    assert "Thalamus_L" not in names.values() and "Thalamus_R" not in names.values()
     data = np.asarray(atlas.dataobj)
     # the AAL3 putamen lies inside the template brain mask and around x = +-25 mm
     put = np.isin(data, (77, 78))
@@ -147,6 +152,9 @@ def test_registration_workflow_on_phantom(subject, tmp_path):
     xfm = json.loads((anat_out / f"sub-01_from-orig_to-{TEMPLATE_SPACE}_mode-image_xfm.json")
                      .read_text())  # fmt: skip
     assert xfm["FromTemplateToOrig"]["Invert"] == [True, False]
+    quality = xfm["RegistrationQuality"]
+    assert quality["Passed"] is True and quality["Dice"] > 0.9 and quality["Coverage"] > 0.97
+    assert xfm["RegionalStatistics"] == "written"
     assert all((anat_out / f).exists() for f in xfm["FromOrigToTemplate"]["Transforms"])
 
     # (1) atlas in subject space vs the true segmentation (AAL3 left/right merged)

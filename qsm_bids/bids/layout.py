@@ -827,8 +827,8 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
         if "EchoTime" not in meta and s_sorted:
             other = _get_metadata(layout, s_sorted[0][1])
             if "EchoTime" in other:
-                meta = {**other, **meta}
-                warnings.append(f"EchoTime of {path.name} taken from the {sname} sidecar")
+                meta = {**meta, "EchoTime": other["EchoTime"]}
+                warnings.append(_twin_warning("EchoTime", path, s_sorted[0][1], sname))
         echo_times = list(_echo_time_list(meta, path))
         n = len(echo_times)
         prim = _Part([path] * n, list(range(n)) if n > 1 else [], list(range(1, n + 1)), True)
@@ -842,8 +842,8 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
             if "EchoTime" not in meta and len(s_sorted) == len(p_sorted):
                 other = _get_metadata(layout, s_sorted[i][1])
                 if "EchoTime" in other:
-                    meta = {**other, **meta}
-                    warnings.append(f"EchoTime of {path.name} taken from the {sname} sidecar")
+                    meta = {**meta, "EchoTime": other["EchoTime"]}
+                    warnings.append(_twin_warning("EchoTime", path, s_sorted[i][1], sname))
             metas.append(meta)
             echo_times.append(_echo_time(meta, path))
         n = len(paths)
@@ -852,7 +852,7 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
 
     sec = _Part([], [], [], False)
     if s_sorted:
-        sec = _secondary_part(layout, s_sorted, prim, echo_times, name, pname, sname)
+        sec = _secondary_part(layout, s_sorted, prim, echo_times, name, pname, sname, warnings)
     elif kind == "mag-phase":
         warnings.append(
             "no magnitude images: phase-only processing (masking and echo weighting degraded)"
@@ -861,7 +861,11 @@ def _build_run(layout: Any, key: dict[str, str], parts: dict[str, list]) -> Run:
     first = prim.files[0]
     meta0 = metas[0]
     if ("MagneticFieldStrength" not in meta0 or "ImagingFrequency" not in meta0) and sec.files:
-        meta0 = {**_get_metadata(layout, sec.files[0]), **meta0}
+        other = _get_metadata(layout, sec.files[0])
+        for key in ("MagneticFieldStrength", "ImagingFrequency"):
+            if key not in meta0 and key in other:
+                meta0 = {**meta0, key: other[key]}
+                warnings.append(_twin_warning(key, first, sec.files[0], sname))
     b0, b0_source, warn = field_strength_from_metadata(meta0, first)
     if warn:
         warnings.append(warn)
@@ -904,6 +908,15 @@ def _find_t1w(gre_file: Path, entities: dict) -> Path | None:
     return hits[0] if hits else None
 
 
+def _twin_warning(key: str, lacking: Path, twin: Path, twin_part: str) -> str:
+    """Run warning: ``key`` of ``lacking``'s sidecar was completed from its ``twin`` (the other
+    part of the same echo), naming both files."""
+    return (
+        f"{key} missing from the sidecar of {Path(lacking).name}: taken from its "
+        f"{twin_part} twin {Path(twin).name}"
+    )
+
+
 def _secondary_part(
     layout: Any,
     s_sorted: list[tuple[int | None, Path]],
@@ -912,12 +925,19 @@ def _secondary_part(
     name: str,
     pname: str,
     sname: str,
+    warnings: list[str],
 ) -> _Part:
-    """The magnitude (or imaginary) echoes, matched to the phase (or real) echoes."""
+    """The magnitude (or imaginary) echoes, matched to the phase (or real) echoes.
+
+    A magnitude (imaginary) sidecar without ``EchoTime`` takes the phase (real) echo's; each
+    such file is named in a warning appended to ``warnings`` (with the twin it came from).
+    """
     n = len(echo_times)
     if s_sorted[0][0] is None:  # one file: a single echo or a 4D file of every echo
         path = s_sorted[0][1]
         meta = _get_metadata(layout, path)
+        if "EchoTime" not in meta and (n == 1 or prim.stacked):
+            warnings.append(_twin_warning("EchoTime", path, prim.files[0], pname))
         if "EchoTime" in meta:
             tes = _echo_time_list(meta, path)
             if len(tes) != n or any(
@@ -950,9 +970,11 @@ def _secondary_part(
                 raise QSMInputError(
                     pm, f"{sname} echo {em} does not match {pname} echo {ep} ({pp.name})"
                 )
-    for te, path in zip(echo_times, paths, strict=True):
+    for te, path, twin in zip(echo_times, paths, prim.files, strict=True):
         meta = _get_metadata(layout, path)
-        if "EchoTime" in meta:
+        if "EchoTime" not in meta:
+            warnings.append(_twin_warning("EchoTime", path, twin, pname))
+        else:
             te_s = _echo_time(meta, path)
             if abs(te_s - te) > _ECHO_TIME_ATOL_S:
                 raise QSMInputError(

@@ -224,20 +224,10 @@ def remove_stale_outputs(output_dir: Path, run: Run, expected: str) -> list[Path
 
 def regional_statistics_skipped(output_dir: Path, run: Run) -> str | None:
     """Why the registration writer did not write the AAL3 table on purpose (the
-    ``RegionalStatistics`` value of the run's ``_from-orig_to-<template>_mode-image_xfm``
-    sidecar when it starts with ``"skipped"``), else ``None``."""
-    entities = _run_entities(run)
-    folder = anat_dir(output_dir, run)
-    if not folder.is_dir():
-        return None
-    for path in sorted(folder.glob("*_from-orig_to-*_xfm.json")):
-        if not _belongs_to(path.name, entities):
-            continue
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        note = value.get(REGIONAL_STATISTICS_KEY) if isinstance(value, dict) else None
-        if isinstance(note, str) and note.lower().startswith("skipped"):
-            return note
-    return None
+    ``RegionalStatistics`` value of the run's transforms' JSON when it starts with
+    ``"skipped"``, see :func:`qsm_bids.interfaces.registration.read_regionstats_status`),
+    else ``None``."""
+    from qsm_bids.interfaces.registration import read_regionstats_status
+
+    note = read_regionstats_status(output_dir, run)
+    return note if note is not None and note.lower().startswith("skipped") else None

@@ -9,6 +9,7 @@ BIDS derivatives atomically.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import replace
@@ -40,6 +41,7 @@ from qsm_bids.interfaces.base import read_mask, read_volume, write_like
 from qsm_bids.interfaces.derivatives import run_hash_field
 from qsm_bids.interfaces.load import run_from_json
 
+log = logging.getLogger("qsm_bids")
 #: Label of the subject (GRE) space in the ``from-``/``to-`` entities of transform names.
 #: Images in that space carry no ``space-`` entity (the one convention for native maps).
 ORIG_SPACE = "orig"
@@ -182,6 +184,44 @@ class RegisterToTemplate(SimpleInterface):
         return runtime
 
 
+class _QualityInputSpec(BaseInterfaceInputSpec):
+    mask = File(exists=True, mandatory=True, desc="the subject's brain mask (its grid: the FOV)")
+    xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
+    num_threads = traits.Int(1, usedefault=True, nohash=True)
+
+
+class _QualityOutputSpec(TraitedSpec):
+    quality_json = File(exists=True, desc="RegistrationQuality.to_dict() as JSON")
+    passed = traits.Bool(desc="every measure reached its threshold")
+
+
+class MeasureRegistrationQuality(SimpleInterface):
+    """Dice of the warped template brain mask with the subject's mask, the fraction of the
+    template brain inside the field of view, and the brain volume ratio
+    (:func:`qsm_bids.registration.quality.measure_registration_quality`)."""
+
+    input_spec = _QualityInputSpec
+    output_spec = _QualityOutputSpec
+
+    def _run_interface(self, runtime):
+        from qsm_bids.registration.quality import measure_registration_quality
+        from qsm_bids.registration.template import load_template_mask
+
+        result = _result(self.inputs.xfm_json)
+        reg_res = float(result.parameters.get("RegistrationResolutionMM", 2.0))
+        quality = measure_registration_quality(
+            self.inputs.mask,
+            result,
+            load_template_mask(reg_res),
+            threads=int(self.inputs.num_threads),
+        )
+        path = Path(runtime.cwd) / "registration_quality.json"
+        path.write_text(json.dumps(quality.to_dict(), indent=2))
+        self._results["quality_json"] = str(path)
+        self._results["passed"] = quality.passed
+        return runtime
+
+
 class _ToTemplateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="subject-space map (e.g. chi, ppm)")
     xfm_json = File(exists=True, mandatory=True, desc="from RegisterToTemplate")
@@ -300,6 +340,37 @@ def xfm_path(
     return base.with_name(name + f"_xfm{extension}")
 
 
+def read_registration_json(output_dir: Path, run) -> dict | None:
+    """The transforms' JSON of a run (``<e>_from-orig_to-MNI152NLin2009aSym_mode-image_xfm
+    .json``: transforms, parameters, ``RegistrationQuality``, ``RegionalStatistics``), or None
+    when the run has none (no registration) or it cannot be read."""
+    from qsm_bids.registration.template import TEMPLATE_SPACE
+
+    path = xfm_path(Path(output_dir), run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_regionstats_status(output_dir: Path, run) -> str | None:
+    """What became of a run's AAL3 table: the ``RegionalStatistics`` value of its transforms'
+    JSON (``"written"``, ``"written: forced ..."`` or ``"skipped: <reasons>"``; a deliberately
+    skipped table starts with ``"skipped"``), or None when that JSON (or the key) is absent."""
+    value = (read_registration_json(output_dir, run) or {}).get("RegionalStatistics")
+    return value if isinstance(value, str) else None
+
+
+def read_registration_quality(output_dir: Path, run):
+    """The run's :class:`qsm_bids.registration.quality.RegistrationQuality` from its
+    transforms' JSON, or None when absent (no registration, or written before it existed)."""
+    from qsm_bids.registration.quality import RegistrationQuality
+
+    value = (read_registration_json(output_dir, run) or {}).get("RegistrationQuality")
+    return RegistrationQuality.from_dict(value) if isinstance(value, dict) else None
+
+
 def _xfm_target(output_dir: Path, run, ants_file: str) -> Path:
     """Derivative name of an ANTs transform file written by register_to_template."""
     from qsm_bids.registration.template import TEMPLATE_SPACE
@@ -334,6 +405,10 @@ class _WriteRegInputSpec(BaseInterfaceInputSpec):
         desc="provenance hash of what produced the outputs (inputs, recipe, version), "
         "written as RunHash into every JSON file written when non-empty",
     )
+    quality_json = File(exists=True, mandatory=True, desc="from MeasureRegistrationQuality")
+    force_regionstats = traits.Bool(
+        False, usedefault=True, desc="write the region table even when the quality fails"
+    )
 
 
 class _WriteRegOutputSpec(TraitedSpec):
@@ -356,6 +431,14 @@ class WriteRegistrationDerivatives(SimpleInterface):
 
     With a T1w the transforms are ``from-T1w_to-orig`` (rigid, ``.mat``) and
     ``from-T1w_to-MNI152NLin2009aSym`` (affine + warps) instead.
+
+    The registration quality (:mod:`qsm_bids.registration.quality`) goes into the transforms'
+    JSON as ``RegistrationQuality``, with ``RegionalStatistics``: ``"written"``, or
+    ``"skipped: <reasons>"`` when it fails its thresholds (a slab, a crop, a
+    misregistration): then the region table is not written (a table of an earlier run at its
+    path is removed) unless ``force_regionstats``, and a warning is logged; the
+    template-space chi, the atlas in subject space and the transforms are written in every
+    case, their sidecars carrying the quality (and a ``Warnings`` entry when it failed).
     """
 
     input_spec = _WriteRegInputSpec
@@ -370,6 +453,7 @@ class WriteRegistrationDerivatives(SimpleInterface):
         bids_dir = Path(self.inputs.bids_dir)
         result = _result(self.inputs.xfm_json)
         written: list[str] = []
+        quality, write_table, table_status, quality_warnings = self._quality(run)
 
         # transforms, then the JSON that says how to chain them
         mapping = {f: str(_xfm_target(out_dir, run, f)) for f in result.files}
@@ -398,6 +482,8 @@ class WriteRegistrationDerivatives(SimpleInterface):
             },
             "Registration": moved.parameters,
             "RegistrationTimeSeconds": round(float(result.elapsed_s), 2),
+            "RegistrationQuality": quality.to_dict(),
+            "RegionalStatistics": table_status,
             **run_hash_field(self.inputs.run_hash),
         }
         xfm_json = xfm_path(out_dir, run, ORIG_SPACE, TEMPLATE_SPACE, desc=None, extension=".json")
@@ -408,9 +494,12 @@ class WriteRegistrationDerivatives(SimpleInterface):
             "TemplateFile": TEMPLATE_FILE,
             "TemplateResolutionMM": result.parameters.get("TemplateResolutionMM"),
             "Registration": result.parameters,
+            "RegistrationQuality": quality.to_dict(),
             "SoftwareVersion": f"qsm_bids {__version__}",
             **run_hash_field(self.inputs.run_hash),
         }
+        if quality_warnings:
+            reg_prov["Warnings"] = quality_warnings
         if isdefined(self.inputs.provenance) and self.inputs.provenance:
             reg_prov["Pipeline"] = json.loads(self.inputs.provenance).get("Pipeline")
 
@@ -462,8 +551,13 @@ class WriteRegistrationDerivatives(SimpleInterface):
         tsv = path.with_name(path.name.replace(".nii.gz", ".tsv"))
         written.append(str(write_bytes_atomic(tsv, dseg_tsv(aal3_names()).encode())))
 
-        # region table + column descriptions
+        # region table + column descriptions (only when the registration quality allows it)
         path = derivative_path(out_dir, run, "regionstats", desc=ATLAS_NAME, extension=".tsv")
+        if not write_table:
+            for stale in (path, path.with_suffix(".json")):  # an earlier run's table
+                stale.unlink(missing_ok=True)
+            self._results["out_files"] = written
+            return runtime
         write_bytes_atomic(path, Path(self.inputs.regionstats_tsv).read_bytes())
         side = {
             **REGIONSTATS_COLUMNS,
@@ -474,12 +568,45 @@ class WriteRegistrationDerivatives(SimpleInterface):
                 derivative_uri(run, "dseg", desc=ATLAS_NAME),
                 derivative_uri(run, "mask", desc="brain"),
             ],
+            "RegistrationQuality": quality.to_dict(),
             **run_hash_field(self.inputs.run_hash),
         }
+        if quality_warnings:
+            side["Warnings"] = quality_warnings
         write_json_atomic(path.with_suffix(".json"), side)
         written.append(str(path))
         self._results["out_files"] = written
         return runtime
+
+    def _quality(self, run):
+        """The registration quality, whether the table is written, the ``RegionalStatistics``
+        value, and the warnings for the sidecars (each also logged)."""
+        from qsm_bids.registration.quality import RegistrationQuality, regionstats_decision
+
+        quality = RegistrationQuality.from_dict(
+            json.loads(Path(self.inputs.quality_json).read_text())
+        )
+        force = bool(self.inputs.force_regionstats)
+        write_table, status = regionstats_decision(quality, force=force)
+        if quality.passed:
+            log.info("%s: registration quality: %s", run.name, quality.summary())
+            return quality, write_table, status, []
+        reasons = "; ".join(quality.failures)
+        if write_table:
+            text = (
+                f"registration quality below threshold ({quality.summary()}): {reasons}. "
+                "The AAL3 regional table is written anyway (--force-regionstats): its values "
+                "may not be those of the named regions"
+            )
+        else:
+            text = (
+                "AAL3 regional table not written: registration quality below threshold "
+                f"({quality.summary()}): {reasons}. The template-space Chimap, the atlas in "
+                "subject space and the transforms are still written (--force-regionstats "
+                "writes the table anyway)"
+            )
+        log.warning("%s: %s", run.name, text)
+        return quality, write_table, status, [text]
 
 
 # ------------------------------------------------------------------ user segmentation

@@ -240,6 +240,7 @@ def init_run_registration_wf(
         provenance=recipe.provenance(),
         n_procs=n_procs,
         mem_gb=max(1.0, 25 * vol_gb + 0.5),
+        force_regionstats=config.workflow.force_regionstats,
         **({} if seed is None else {"seed": int(seed)}),
     )
     reg_wf.get_node("registration_derivatives").inputs.run_hash = run_hash

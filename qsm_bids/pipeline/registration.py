@@ -4,10 +4,12 @@ subject space, regional statistics; optionally the derivatives writer.
 The data flow, one node per arrow::
 
     magnitude (echo average), mask [, t1w] -> register (ANTs rigid + affine + SyN)
+    register, mask -> quality (Dice, field-of-view coverage, brain volume) -> quality_json
     register, chi  -> to_template (chi, linear)          -> chi_template
     register, chi  -> atlas (AAL3, genericLabel)         -> dseg_subject
     chi, atlas, mask -> regionstats (TSV)                -> regionstats_tsv
-    all of them -> registration_derivatives (only when ``run`` is given)
+    all of them -> registration_derivatives (only when ``run`` is given; the AAL3 table
+                   only when the quality passes, or with ``force_regionstats``)
 
 A user segmentation (``--segmentation``) has its own small workflow,
 :func:`init_segmentation_wf`, independent of the registration::
@@ -31,6 +33,7 @@ from qsm_bids.interfaces.load import run_to_json
 from qsm_bids.interfaces.registration import (
     ApplyToTemplate,
     AtlasToSubject,
+    MeasureRegistrationQuality,
     RegionStatistics,
     RegisterToTemplate,
     SegmentationToSubject,
@@ -53,6 +56,7 @@ def init_registration_wf(
     output_dir: Path | None = None,
     bids_dir: Path | None = None,
     provenance: dict | None = None,
+    force_regionstats: bool = False,
     reportlets: Reportlets | None = None,
     name: str = "registration_wf",
 ) -> pe.Workflow:
@@ -62,6 +66,7 @@ def init_registration_wf(
     ``t1w`` (optional), ``meta`` (accepted for symmetry with the other stages; unused).
     Outputs: ``chi_template`` (chi on the MNI152NLin2009aSym grid), ``dseg_subject`` (AAL3 in
     subject space), ``transforms`` (ANTs files), ``xfm_json`` (how to chain them),
+    ``quality_json`` (:class:`qsm_bids.registration.quality.RegistrationQuality` as JSON),
     ``regionstats_tsv``, and ``out_files`` (the derivatives written; only with ``run``).
 
     Parameters
@@ -85,6 +90,10 @@ def init_registration_wf(
         derivatives of that run into ``output_dir`` (``bids_dir`` for ``Sources``).
     provenance : dict or None, default None
         Recipe provenance (``Recipe.provenance()``), recorded in the Chimap sidecar.
+    force_regionstats : bool, default False
+        Write the AAL3 table even when the registration quality fails its thresholds
+        (``--force-regionstats``); otherwise such a run's table is skipped with a warning and
+        ``"RegionalStatistics": "skipped: <reasons>"`` in the transforms' JSON.
     reportlets : Reportlets or None, default None
         When given, the ``desc-registration`` (template outlines over the map in template
         space) and ``desc-atlas`` (AAL3 over the map) figures are drawn.
@@ -97,8 +106,8 @@ def init_registration_wf(
     )
     outputnode = pe.Node(
         IdentityInterface(
-            ["chi_template", "dseg_subject", "transforms", "xfm_json", "regionstats_tsv",
-             "out_files"]
+            ["chi_template", "dseg_subject", "transforms", "xfm_json", "quality_json",
+             "regionstats_tsv", "out_files"]
         ),
         name="outputnode",
     )  # fmt: skip
@@ -115,11 +124,15 @@ def init_registration_wf(
     )
     if registration_params:
         register.inputs.params = dict(registration_params)
+    quality = pe.Node(MeasureRegistrationQuality(), name="quality", mem_gb=0.5 + mem_gb / 4)
     to_template = pe.Node(ApplyToTemplate(), name="to_template", mem_gb=0.5 + mem_gb / 4)
     atlas = pe.Node(AtlasToSubject(), name="atlas", mem_gb=0.5 + mem_gb / 4)
     stats = pe.Node(RegionStatistics(), name="regionstats", mem_gb=0.5)
     wf.connect([
         (inputnode, register, [("magnitude", "magnitude"), ("mask", "mask"), ("t1w", "t1w")]),
+        (inputnode, quality, [("mask", "mask")]),
+        (register, quality, [("xfm_json", "xfm_json")]),
+        (quality, outputnode, [("quality_json", "quality_json")]),
         (inputnode, to_template, [("chi", "in_file")]),
         (register, to_template, [("xfm_json", "xfm_json")]),
         (inputnode, atlas, [("chi", "reference")]),
@@ -148,6 +161,7 @@ def init_registration_wf(
                 output_dir=str(output_dir),
                 bids_dir=str(bids_dir),
                 provenance=json.dumps(provenance or {}),
+                force_regionstats=bool(force_regionstats),
             ),
             name="registration_derivatives",
             mem_gb=0.5 + mem_gb / 4,
@@ -156,6 +170,7 @@ def init_registration_wf(
         )
         wf.connect([
             (register, write, [("xfm_json", "xfm_json")]),
+            (quality, write, [("quality_json", "quality_json")]),
             (to_template, write, [("out_file", "chi_template")]),
             (atlas, write, [("dseg", "dseg_subject")]),
             (stats, write, [("out_tsv", "regionstats_tsv")]),

@@ -551,6 +551,49 @@ def to_template_space(
     return nib.Nifti1Image(data.astype(np.float32), tpl.affine)
 
 
+def to_subject_space(
+    template_space_img: ImageLike,
+    subject_img: ImageLike,
+    result: RegistrationResult,
+    *,
+    interpolation: str = "linear",
+    threads: int = 1,
+) -> nib.Nifti1Image:
+    """Resample a template-space image (e.g. the template brain mask) onto the subject's grid.
+
+    The counterpart of :func:`to_template_space` (the ``to_subject`` transforms of
+    ``result``), for continuous images; labels go through :func:`atlas_to_subject`.
+
+    Parameters
+    ----------
+    template_space_img : nibabel image or path
+        3D image in template space (any grid).
+    subject_img : nibabel image or path
+        Defines the output grid (the magnitude, mask or chi of the run).
+    result : RegistrationResult
+        From :func:`register_to_template`.
+    interpolation : str, default "linear"
+        ANTs interpolator.
+    threads : int, default 1
+        ITK threads.
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        float32 image on the subject's grid (0 outside the template image).
+    """
+    subj = _as_3d(subject_img)
+    data = _apply(
+        _as_3d(template_space_img),
+        subj,
+        result.to_subject,
+        result.to_subject_invert,
+        interpolation,
+        threads,
+    )
+    return nib.Nifti1Image(data.astype(np.float32), subj.affine)
+
+
 def atlas_to_subject(
     atlas_img: ImageLike,
     subject_img: ImageLike,

@@ -5,7 +5,15 @@
 template; it is used here as an MNI152 atlas, as is common practice. It is placed on the grid of
 the template (:mod:`qsm_bids.registration.template`) by nearest-neighbour resampling (for the
 1 mm template this is an exact shift by whole voxels). Its left/right labels are odd/even; the
-thalamus is the union of labels 121-150 (AAL3 has no voxels labelled 81/82 or 35/36).
+thalamus is the union of labels 121-150.
+
+``AAL3.txt`` still lists four regions of AAL2 that AAL3 retired and that no voxel of
+``AAL3.nii`` carries (:data:`AAL3_RETIRED`): 35/36 ``Cingulate_Ant_L/R`` (split into the
+subgenual, pregenual and supracallosal parts 151-156) and 81/82 ``Thalamus_L/R`` (split into
+the nuclei 121-150). :func:`aal3_names` leaves them out, so no table lists a region that cannot
+have a voxel. A region that *is* drawn in the atlas but has no voxel in a subject's mask (e.g. a
+small nucleus outside a slab) is still listed, with 0 voxels: that is a finding about the
+subject, not about the atlas.
 """
 
 from __future__ import annotations
@@ -40,14 +48,33 @@ def _atlas_folder() -> Path:
     return Path(spec.origin).parent / "atlases"
 
 
-def aal3_names() -> dict[int, str]:
-    """AAL3 label index -> region name (e.g. ``77: "Putamen_L"``), from ``AAL3.txt``."""
+#: Labels of ``AAL3.txt`` that no voxel of ``AAL3.nii`` carries (regions AAL3 retired):
+#: 35/36 Cingulate_Ant_L/R and 81/82 Thalamus_L/R.
+AAL3_RETIRED: tuple[int, ...] = (35, 36, 81, 82)
+
+
+def aal3_listed_names() -> dict[int, str]:
+    """Every entry of ``AAL3.txt``: label index -> region name (170, retired ones included)."""
     names: dict[int, str] = {}
     for line in (_atlas_folder() / "AAL3.txt").read_text().splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].isdigit():
             names[int(parts[0])] = parts[1]
     return names
+
+
+@functools.lru_cache(maxsize=1)
+def _aal3_drawn_labels() -> frozenset[int]:
+    atlas = np.asarray(nib.load(_atlas_folder() / "AAL3.nii").dataobj)
+    return frozenset(int(k) for k in np.unique(atlas) if k != 0)
+
+
+def aal3_names() -> dict[int, str]:
+    """AAL3 label index -> region name (e.g. ``77: "Putamen_L"``) of the regions drawn in
+    ``AAL3.nii``: the 166 entries of ``AAL3.txt`` without the retired labels that no voxel
+    carries (:data:`AAL3_RETIRED`, found by reading the image)."""
+    drawn = _aal3_drawn_labels()
+    return {k: v for k, v in aal3_listed_names().items() if k in drawn}
 
 
 def resample_labels(labels_img: nib.Nifti1Image, reference: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -99,7 +126,8 @@ def load_aal3(resolution_mm: float = 1.0) -> tuple[nib.Nifti1Image, dict[int, st
     labels : nibabel.Nifti1Image
         int16 label image (0 = outside every region), cached: do not modify it.
     names : dict[int, str]
-        Label index -> AAL3 region name (all 170 entries of ``AAL3.txt``).
+        Label index -> AAL3 region name of the 166 regions drawn in the atlas
+        (:func:`aal3_names`; the retired labels :data:`AAL3_RETIRED` are left out).
     """
     from qsm_bids.registration.template import load_template
 

@@ -298,18 +298,26 @@ class RunSection:
     pipeline: str = ""
 
 
+def _quality_text(value: Any) -> str:
+    """A ``RegistrationQuality`` value for display: numbers to 3 decimals, yes/no,
+    ``key value`` pairs, lists joined (``none`` when empty)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return collect.fmt_number(value, 3)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_quality_text(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list | tuple):
+        return "; ".join(_quality_text(v) for v in value) or "none"
+    return str(value)
+
+
 def _quality_rows(info: collect.RegistrationInfo | None) -> list[tuple[str, str]]:
     if info is None:
         return []
-    rows = []
-    for key, value in info.quality.items():
-        if isinstance(value, bool):
-            text = "yes" if value else "no"
-        elif isinstance(value, int | float):
-            text = collect.fmt_number(value, 3)
-        else:
-            text = collect.fmt_param(value)
-        rows.append((str(key), text))
+    rows = [(str(key), _quality_text(value)) for key, value in info.quality.items()]
     if info.regional_statistics:
         rows.append(("RegionalStatistics", info.regional_statistics))
     return rows
