@@ -180,26 +180,40 @@ def _participant(bids: Path, out: Path, work: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.xdist_group("validator")
 @needs_validator
-def test_derivatives_of_a_run_with_registration_have_no_validator_error(raw, tmp_path):
-    out = tmp_path / "out"
-    _participant(raw, out, tmp_path / "work")
-    anat = out / "sub-01" / "anat"
+def test_demo_outputs_with_registration_have_no_validator_error(tmp_path):
+    """``qsm-bids demo`` (simulated data, a run with registration): its raw data and its
+    derivatives, into a folder where an older version left its ``.bidsignore``."""
+    out = tmp_path / "demo"
+    deriv = out / "derivatives" / "qsm_bids"
+    deriv.mkdir(parents=True)
+    (deriv / ".bidsignore").write_text(OLD_BIDSIGNORE)
+    command = [*QSM_BIDS, "demo", str(out), "--resolution", "3", "--phantom", "ideal",
+               "--pipeline", "fast", "--nprocs", "1"]  # fmt: skip
+    env = {**os.environ, "QSM_BIDS_NUM_THREADS": "1"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    raw_result = validate_dataset(out / "bids")
+    assert raw_result.errors == [], raw_result.summary_lines()
+
+    anat = deriv / "sub-01" / "anat"
     assert (anat / "sub-01_desc-aal3_dseg.nii.gz").is_file()  # registration ran
     assert (anat / "sub-01_space-MNI152NLin2009aSym_Chimap.nii.gz").is_file()
-    result = validate_dataset(out)
+    result = validate_dataset(deriv)
     assert result.errors == [], result.summary_lines()
     codes = _codes(result.warnings)
     assert "README_FILE_MISSING" not in codes and "NIFTI_PIXDIM" not in codes
     assert not any(c.startswith("SIDECAR_KEY_RECOMMENDED") for c in codes), codes
-    assert _check_sidecars(out, raw) >= 10
-    assert "sub-*/figures/" not in (out / ".bidsignore").read_text().splitlines()
+    assert _check_sidecars(deriv, out / "bids") >= 10
+    assert "sub-*/figures/" not in (deriv / ".bidsignore").read_text().splitlines()
     # the warps have a positive step on every axis (ANTs writes 0 for the vector axes)
     import nibabel as nb
 
-    for warp in anat.glob("*_desc-warp_xfm.nii.gz"):
+    warps = list(anat.glob("*_desc-warp_xfm.nii.gz"))
+    assert len(warps) == 2
+    for warp in warps:
         hdr = nb.load(warp).header
         assert (hdr["pixdim"][1 : hdr["dim"][0] + 1] > 0).all(), warp.name
-    description = json.loads((out / "dataset_description.json").read_text())
+    description = json.loads((deriv / "dataset_description.json").read_text())
     assert description["SourceDatasets"] == [{"URL": "bids:raw:"}]
     assert description["License"] == "CC0" and description["HowToAcknowledge"]
 

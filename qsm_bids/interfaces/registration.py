@@ -464,12 +464,17 @@ class WriteRegistrationDerivatives(SimpleInterface):
         def xfm_uris(files: tuple[str, ...]) -> list[str]:
             return ["bids::" + Path(mapping[f]).relative_to(out_dir).as_posix() for f in files]
 
+        # what was registered: the magnitude (from real/imaginary parts: all of them), a T1w
+        moving = list(run.magnitude_files) if run.parts == "mag-phase" else list(run.files)
+        if result.parameters.get("ViaT1w") and run.t1w is not None:
+            moving.append(run.t1w)
+
         xfm_doc = {
             "Description": "ANTs transforms between the GRE (orig) space and "
             f"{TEMPLATE_SPACE}; lists in antsApplyTransforms order (the last is applied to "
             "the image first), with Invert flags (whichtoinvert), files relative to this one",
             "Sources": [
-                *(bids_uri(Path(f), bids_dir=bids_dir) for f in run.magnitude_files),
+                *(bids_uri(Path(f), bids_dir=bids_dir) for f in moving),
                 derivative_uri(run, "mask", desc="brain"),
             ],
             "FromOrigToTemplate": {
