@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,22 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from qsm_bids import __version__
+from qsm_bids.bids.naming import name_entities, run_prefix, split_bids_name
 from qsm_bids.core.regionstats import COLUMNS
 from qsm_bids.errors import QSMInputError
-
-#: The normalised maps' template.
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
-
-#: Deep grey-matter structures, in display order, with the pattern their AAL3 region names
-#: match (``Caudate_L``, ``Thal_VPL_R``, ``SN_pc_L``, ``Red_N_R``, ...).
-DEEP_GREY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("caudate", re.compile(r"caudate", re.IGNORECASE)),
-    ("putamen", re.compile(r"putamen", re.IGNORECASE)),
-    ("pallidum", re.compile(r"pallid|globus", re.IGNORECASE)),
-    ("thalamus", re.compile(r"^thal|thalam", re.IGNORECASE)),
-    ("substantia nigra", re.compile(r"(^|_)sn(_|$)|nigra", re.IGNORECASE)),
-    ("red nucleus", re.compile(r"red_?n(uc|_|$)|red nucleus", re.IGNORECASE)),
-)
+from qsm_bids.regions import DEEP_GREY_PATTERNS, is_deep_grey, order_regions
+from qsm_bids.registration.template import TEMPLATE_SPACE
 
 #: Statistics columns of a run's ``regionstats.tsv``, in order.
 STAT_COLUMNS: tuple[str, ...] = COLUMNS[COLUMNS.index("voxels") :]
@@ -127,39 +115,6 @@ class GroupResult:
 # --------------------------------------------------------------------------------------
 
 
-def order_regions(regions: list[str]) -> list[str]:
-    """Region names with deep grey matter first, then ``whole_brain``, then the rest.
-
-    Parameters
-    ----------
-    regions : list of str
-        Region names (duplicates are dropped, first occurrence kept).
-
-    Returns
-    -------
-    list of str
-        Caudate, putamen, pallidum, thalamus, substantia nigra and red nucleus regions (in
-        that order, each group in input order), then ``whole_brain``, then every other
-        region in input order.
-    """
-    unique = list(dict.fromkeys(regions))
-    groups: list[list[str]] = [[] for _ in DEEP_GREY_PATTERNS]
-    whole, rest = [], []
-    for name in unique:
-        for k, (_, pattern) in enumerate(DEEP_GREY_PATTERNS):
-            if pattern.search(name):
-                groups[k].append(name)
-                break
-        else:
-            (whole if name.lower() == "whole_brain" else rest).append(name)
-    return [n for g in groups for n in g] + whole + rest
-
-
-def is_deep_grey(region: str) -> bool:
-    """Whether a region name is one of the deep grey-matter structures."""
-    return any(p.search(region) for _, p in DEEP_GREY_PATTERNS)
-
-
 def _to_float(text: str | None) -> float:
     try:
         return float(text) if text not in (None, "", "n/a") else math.nan
@@ -204,21 +159,12 @@ def _participants_of(bids_dir: Path) -> list[str]:
 
 
 def _entities(name: str) -> dict[str, str] | None:
-    from qsm_bids.report.html import split_bids_name
-
-    parsed = split_bids_name(name)
-    return dict(parsed[0]) if parsed else None
+    return name_entities(name)
 
 
 def _prefix(path: Path) -> str:
-    from qsm_bids.report.html import split_bids_name
-
     parsed = split_bids_name(path.name)
-    if parsed is None:
-        return path.name
-    return "_".join(
-        f"{k}-{v}" for k, v in parsed[0] if k not in ("space", "desc", "res", "den", "label")
-    )
+    return path.name if parsed is None else run_prefix(parsed[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -17,17 +17,13 @@ import nibabel as nb
 import numpy as np
 import pytest
 
+from qsm_bids.bids.naming import split_bids_name
 from qsm_bids.cli.main import main
 from qsm_bids.core.streaking import STREAKING_FLAG
 from qsm_bids.errors import QSMInputError
-from qsm_bids.group import order_regions
+from qsm_bids.regions import order_regions
 from qsm_bids.report import write_subject_report
-from qsm_bids.report.html import (
-    _streaking_text,
-    collect_messages,
-    collect_stages,
-    split_bids_name,
-)
+from qsm_bids.report.collect import collect_messages, collect_stages, streaking_text
 from qsm_bids.simulate.dataset import simulate_dataset
 
 ANAT = Path("sub-01") / "anat"
@@ -211,6 +207,8 @@ def test_report_is_self_contained(tree):
     for tag, attrs in p.tags:
         for key in ("src", "href"):
             value = attrs.get(key, "")
+            if tag == "a" and value.startswith("https://doi.org/"):
+                continue  # the methods' references link to their DOI (not loaded)
             assert "://" not in value and not value.startswith("//"), (tag, value)
     assert "url(" not in "".join(p.style) and "@import" not in "".join(p.style)
     # no temporary files left behind by the atomic writes
@@ -222,16 +220,18 @@ def test_every_figure_exists_and_is_not_blank(tree):
     p = _parse(page)
     srcs = [a["src"] for t, a in p.tags if t == "img"]
     names = {Path(s).name for s in srcs}
-    for what in ("magnitude", "totalfield", "localfield", "qsm", "atlas"):
-        assert f"sub-01_desc-{what}_slices.png" in names, names
-    assert f"sub-01_space-{MNI}_desc-reg_slices.png" in names
+    for what in (
+        "brainmask", "totalfield", "localfield", "chimap", "streaking", "r2star",
+        "registration", "atlas",
+    ):  # fmt: skip
+        assert f"sub-01_desc-{what}_qc.png" in names, names
     for src in srcs:
         assert not Path(src).is_absolute()
         path = out / src
         assert path.is_file(), src
         assert path.parent == out / "sub-01" / "figures"
         img = mpimg.imread(path)
-        assert img.shape[0] > 200 and img.shape[1] > 400
+        assert img.shape[0] > 140 and img.shape[1] > 400
         assert float(np.std(img[..., :3])) > 0.05, f"{src} looks blank"
 
 
@@ -295,8 +295,8 @@ def test_report_without_optional_derivatives(tree, tmp_path):
     page = write_subject_report(copy, "01", bids_dir=bids)
     p = _parse(page)
     names = {Path(a["src"]).name for t, a in p.tags if t == "img"}
-    assert "sub-01_desc-qsm_slices.png" in names
-    assert not [n for n in names if "reg" in n or "atlas" in n]
+    assert "sub-01_desc-chimap_qc.png" in names
+    assert not [n for n in names if "registration" in n or "atlas" in n]
     assert "Regional susceptibility" not in "".join(p.text)
     for src in (a["src"] for t, a in p.tags if t == "img"):
         assert (copy / src).is_file()
@@ -323,7 +323,7 @@ def test_every_segmentation_table_is_shown_aal3_first(tree, tmp_path):
     assert first < second
     assert "Lesion1" in html_text[second:]  # not folded away: every region in view
     names = {Path(a["src"]).name for t, a in _parse(page).tags if t == "img"}
-    assert "sub-01_desc-segaseg_slices.png" in names
+    assert "sub-01_desc-segaseg_qc.png" in names
 
 
 def test_failed_and_unknown_subjects(tree, tmp_path):
@@ -348,7 +348,7 @@ def test_failed_and_unknown_subjects(tree, tmp_path):
 
 def test_streaking_index_and_field_strength_source_are_reported(tree):
     """The participant level writes the Chimap's StreakingIndex and FieldStrengthSource;
-    the QSM summary shows the index with its reading, the methods the field's source."""
+    the run's summary shows the index with its reading and the field's source."""
     _, out, page = tree
     side = json.loads((out / ANAT / "sub-01_Chimap.json").read_text())
     assert side["FieldStrengthSource"] == "ImagingFrequency"  # the simulator writes it
@@ -359,9 +359,10 @@ def test_streaking_index_and_field_strength_source_are_reported(tree):
     assert row[1].startswith(f"{value:.2f}:")
     assert f"above {STREAKING_FLAG:g} suggests streaking" in row[1]
     assert "look for streaks" not in row[1]
-    assert "T (from <code>ImagingFrequency</code>)" in page.read_text()
+    (row,) = [r for r in p.rows if r and r[0] == "field strength"]
+    assert row[1] == f"{side['MagneticFieldStrength']:.6g} T (from ImagingFrequency)"
     # above the flag the line says where to look
-    assert "look for streaks" in _streaking_text(STREAKING_FLAG + 0.1)
+    assert "look for streaks" in streaking_text(STREAKING_FLAG + 0.1)
 
 
 def test_helpers():
@@ -458,3 +459,29 @@ def test_page_renders_in_headless_chromium(tree, tmp_path):
     assert float(np.mean(grey < 0.98)) > 0.1, "page is (nearly) blank"
     # the figures have black backgrounds: they were loaded and drawn
     assert float(np.mean(grey < 0.05)) > 0.03, "figures were not rendered"
+
+
+# --------------------------------------------------------------------------------------
+# A real run with registration
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_of_a_run_with_registration(tmp_path):
+    """With registration (the default), the transforms are part of the one run: one run
+    section, no red boxes, "Runs with derivatives 1", the overlay and atlas figures."""
+    bids = simulate_dataset(tmp_path / "bids", subjects=1, resolution_mm=3.0, phantom="ideal")
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "-w", str(tmp_path / "work"), "--nprocs", "1"]
+    assert main([*args, "--pipeline", "fast"]) == 0
+    assert list((out / ANAT).glob("*_xfm.*"))  # the files that used to make extra runs
+    page = out / "sub-01.html"  # written by the participant level
+    p = _parse(page)
+    sections = [a["id"] for t, a in p.tags if t == "section"]
+    assert sections == ["summary", "sub-01", "about", "errors"]
+    assert not p.by_class.get("error"), p.by_class.get("error")
+    assert "missing" not in page.read_text(encoding="utf-8").lower()
+    (row,) = [r for r in p.rows if r and r[0] == "Runs with derivatives"]
+    assert row[1] == "1"
+    names = {Path(a["src"]).name for t, a in p.tags if t == "img"}
+    assert {"sub-01_desc-registration_qc.png", "sub-01_desc-atlas_qc.png"} <= names

@@ -6,6 +6,12 @@ from __future__ import annotations
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
+from qsm_bids.interfaces.reportlets import (
+    BrainMaskReportlet,
+    EchoFitReportlet,
+    Reportlets,
+    UnwrapReportlet,
+)
 from qsm_bids.interfaces.stages import BrainMask, CombineEchoes, UnwrapPhase
 from qsm_bids.interfaces.two_pass import FillMaskHoles
 from qsm_bids.pipeline.nodes import stage_node
@@ -18,12 +24,13 @@ def init_mask_wf(
     mask_file: str | None = None,
     mem_gb: float = 1.0,
     n_procs: int = 1,
+    reportlets: Reportlets | None = None,
     name: str = "mask_wf",
 ) -> pe.Workflow:
     """Brain mask from the magnitude (or the user's mask file).
 
     Inputs: ``phase`` (4D, rad), ``magnitude`` (4D, optional), ``meta``.
-    Outputs: ``mask``.
+    Outputs: ``mask``. With ``reportlets``: the ``desc-brainmask`` figure.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["phase", "magnitude", "meta"]), name="inputnode")
@@ -35,6 +42,12 @@ def init_mask_wf(
         (inputnode, node, [("phase", "phase"), ("magnitude", "magnitude"), ("meta", "meta")]),
         (node, outputnode, [("mask", "mask")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(BrainMaskReportlet, "brainmask_reportlet")
+        wf.connect([
+            (inputnode, figure, [("phase", "phase"), ("magnitude", "magnitude")]),
+            (node, figure, [("mask", "mask")]),
+        ])  # fmt: skip
     return wf
 
 
@@ -64,12 +77,17 @@ def init_field_mask_wf(
 
 
 def init_unwrap_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "unwrap_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    reportlets: Reportlets | None = None,
+    name: str = "unwrap_wf",
 ) -> pe.Workflow:
     """Spatial and temporal phase unwrapping of all echoes.
 
     Inputs: ``phase`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
-    Outputs: ``unwrapped`` (4D, rad).
+    Outputs: ``unwrapped`` (4D, rad). With ``reportlets``: the ``desc-unwrapped`` figure.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["phase", "magnitude", "mask", "meta"]), name="inputnode")
@@ -80,16 +98,29 @@ def init_unwrap_wf(
                            ("mask", "mask"), ("meta", "meta")]),
         (node, outputnode, [("unwrapped", "unwrapped")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(UnwrapReportlet, "unwrapped_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask"), ("meta", "meta")]),
+            (node, figure, [("unwrapped", "unwrapped")]),
+        ])  # fmt: skip
     return wf
 
 
 def init_echo_combination_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, n_procs: int = 1, name: str = "combine_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    n_procs: int = 1,
+    reportlets: Reportlets | None = None,
+    name: str = "combine_wf",
 ) -> pe.Workflow:
     """Multi-echo combination into the total field map.
 
     Inputs: ``unwrapped`` (4D, rad), ``magnitude`` (optional), ``mask``, ``meta``.
-    Outputs: ``field`` (Hz), ``noise`` (SD of the field, Hz).
+    Outputs: ``field`` (Hz), ``noise`` (SD of the field, Hz). With ``reportlets``: the
+    ``desc-echofit`` figure (the noise; the total field's figure is drawn as written, after
+    the phase-sign check: :func:`~qsm_bids.pipeline.susceptibility.init_estimate_reportlets_wf`).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
@@ -102,4 +133,10 @@ def init_echo_combination_wf(
                            ("mask", "mask"), ("meta", "meta")]),
         (node, outputnode, [("field", "field"), ("noise", "noise")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(EchoFitReportlet, "echofit_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask")]),
+            (node, figure, [("noise", "noise")]),
+        ])  # fmt: skip
     return wf

@@ -41,6 +41,7 @@ from qsm_bids.interfaces.registration import (
     WriteSegmentationDerivatives,
     names_to_json,
 )
+from qsm_bids.interfaces.reportlets import LabelsReportlet, RegistrationReportlet, Reportlets
 
 
 def init_registration_wf(
@@ -56,6 +57,7 @@ def init_registration_wf(
     bids_dir: Path | None = None,
     provenance: dict | None = None,
     force_regionstats: bool = False,
+    reportlets: Reportlets | None = None,
     name: str = "registration_wf",
 ) -> pe.Workflow:
     """Registration to the template and regional susceptibility statistics.
@@ -92,6 +94,9 @@ def init_registration_wf(
         Write the AAL3 table even when the registration quality fails its thresholds
         (``--force-regionstats``); otherwise such a run's table is skipped with a warning and
         ``"RegionalStatistics": "skipped: <reasons>"`` in the transforms' JSON.
+    reportlets : Reportlets or None, default None
+        When given, the ``desc-registration`` (template outlines over the map in template
+        space) and ``desc-atlas`` (AAL3 over the map) figures are drawn.
     name : str, default "registration_wf"
         Workflow name.
     """
@@ -139,6 +144,14 @@ def init_registration_wf(
         (atlas, outputnode, [("dseg", "dseg_subject")]),
         (stats, outputnode, [("out_tsv", "regionstats_tsv")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        overlay = reportlets.node(RegistrationReportlet, "registration_reportlet")
+        labels = reportlets.node(LabelsReportlet, "atlas_reportlet", desc="atlas")
+        wf.connect([
+            (to_template, overlay, [("out_file", "chi_template")]),
+            (inputnode, labels, [("chi", "chi"), ("mask", "mask")]),
+            (atlas, labels, [("dseg", "labels")]),
+        ])  # fmt: skip
     if run is not None:
         if output_dir is None or bids_dir is None:
             raise ValueError("output_dir and bids_dir are needed to write derivatives")
@@ -173,6 +186,7 @@ def init_segmentation_wf(
     run: Run | None = None,
     output_dir: Path | None = None,
     bids_dir: Path | None = None,
+    reportlets: Reportlets | None = None,
     name: str | None = None,
 ) -> pe.Workflow:
     """Regional statistics of a user segmentation (no registration needed).
@@ -196,6 +210,8 @@ def init_segmentation_wf(
         When ``run`` is given, a :class:`WriteSegmentationDerivatives` node writes
         ``<prefix>_desc-<name>_dseg.nii.gz`` (+ ``.json``, ``.tsv``) and
         ``<prefix>_desc-<name>_regionstats.tsv`` (+ ``.json``) into ``output_dir``.
+    reportlets : Reportlets or None, default None
+        When given, the ``desc-seg<name>`` figure (the labels over the map) is drawn.
     name : str or None, default None
         Workflow name; default ``segmentation_<name>_wf``.
     """
@@ -216,6 +232,17 @@ def init_segmentation_wf(
         (to_subject, outputnode, [("dseg", "dseg_subject")]),
         (stats, outputnode, [("out_tsv", "regionstats_tsv")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        labels = reportlets.node(
+            LabelsReportlet,
+            "segmentation_reportlet",
+            desc=f"seg{segmentation.name}",
+            title=f"segmentation {segmentation.name}",
+        )
+        wf.connect([
+            (inputnode, labels, [("chi", "chi"), ("mask", "mask")]),
+            (to_subject, labels, [("dseg", "labels")]),
+        ])  # fmt: skip
     if run is not None:
         if output_dir is None or bids_dir is None:
             raise ValueError("output_dir and bids_dir are needed to write derivatives")

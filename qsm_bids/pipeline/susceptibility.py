@@ -6,6 +6,13 @@ from __future__ import annotations
 from nipype.interfaces.utility import IdentityInterface
 from nipype.pipeline import engine as pe
 
+from qsm_bids.interfaces.reportlets import (
+    ChimapReportlet,
+    FieldReportlet,
+    R2StarReportlet,
+    ReferenceReportlet,
+    Reportlets,
+)
 from qsm_bids.interfaces.stages import BackgroundRemoval, DipoleInversion, R2Star, Reference
 from qsm_bids.interfaces.two_pass import TwoPassCombine
 from qsm_bids.pipeline.nodes import ESTIMATE, pass_through, stage_node
@@ -158,13 +165,78 @@ def init_two_pass_wf(
     return wf
 
 
+def init_estimate_reportlets_wf(
+    reportlets: Reportlets,
+    reference: StageChoice,
+    *,
+    reference_mask: str | None = None,
+    name: str = "estimate_reportlets_wf",
+) -> pe.Workflow:
+    """The figures of the maps as written, after the phase-sign check: ``desc-totalfield``,
+    ``desc-localfield``, ``desc-chimap`` (with the brain and background-removal outlines),
+    ``desc-streaking`` (the map's streaking index against the flag) and ``desc-reference``
+    (the referencing region over the map).
+
+    The check is downstream of every stage and may negate the field maps and the map, so
+    these figures cannot be drawn inside the stage builders (a cycle) and take its sign.
+
+    Inputs: ``chi`` (ppm, sign-checked), ``sign`` (the check's -1/1), ``total_field`` and
+    ``local_field`` (Hz, before the check), ``local_mask`` (where the map is defined),
+    ``brain_mask``, ``meta``, ``reference_note`` (the referencing's fallback note), and for
+    CSF referencing ``r2star`` and ``magnitude``. No outputs: the nodes write the figures.
+
+    Parameters
+    ----------
+    reportlets : Reportlets
+        Where the run's figures go.
+    reference : StageChoice
+        The referencing stage (its algorithm and parameters give the region).
+    reference_mask : str or None, default None
+        The user's reference region (``--reference-mask``).
+    name : str, default "estimate_reportlets_wf"
+        Workflow name.
+    """
+    wf = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        IdentityInterface(["chi", "sign", "total_field", "local_field", "local_mask",
+                           "brain_mask", "meta", "reference_note", "r2star", "magnitude"]),
+        name="inputnode",
+    )  # fmt: skip
+    total = reportlets.node(FieldReportlet, "totalfield_reportlet", which="total")
+    local = reportlets.node(FieldReportlet, "localfield_reportlet", which="local")
+    chimap = reportlets.node(ChimapReportlet, "chimap_reportlet")
+    region = reportlets.node(
+        ReferenceReportlet,
+        "reference_reportlet",
+        algorithm=reference.algorithm,
+        params=dict(reference.params),
+    )
+    if reference_mask:
+        region.inputs.reference_mask = reference_mask
+    wf.connect([
+        (inputnode, total, [("total_field", "field"), ("brain_mask", "mask"), ("sign", "sign")]),
+        (inputnode, local, [("local_field", "field"), ("brain_mask", "mask"),
+                            ("local_mask", "local_mask"), ("sign", "sign")]),
+        (inputnode, chimap, [("chi", "chi"), ("local_mask", "mask"),
+                             ("brain_mask", "brain_mask"), ("meta", "meta")]),
+        (inputnode, region, [("chi", "chi"), ("local_mask", "mask"), ("meta", "meta"),
+                             ("reference_note", "note"), ("r2star", "r2star"),
+                             ("magnitude", "magnitude")]),
+    ])  # fmt: skip
+    return wf
+
+
 def init_r2star_wf(
-    choice: StageChoice, *, mem_gb: float = 1.0, name: str = "r2star_wf"
+    choice: StageChoice,
+    *,
+    mem_gb: float = 1.0,
+    reportlets: Reportlets | None = None,
+    name: str = "r2star_wf",
 ) -> pe.Workflow:
     """R2* (1/s) and T2* (s) maps from the echo magnitudes.
 
     Inputs: ``magnitude`` (4D), ``mask``, ``meta``.
-    Outputs: ``r2star``, ``t2star``.
+    Outputs: ``r2star``, ``t2star``. With ``reportlets``: the ``desc-r2star`` figure.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["magnitude", "mask", "meta"]), name="inputnode")
@@ -174,4 +246,10 @@ def init_r2star_wf(
         (inputnode, node, [("magnitude", "magnitude"), ("mask", "mask"), ("meta", "meta")]),
         (node, outputnode, [("r2star", "r2star"), ("t2star", "t2star")]),
     ])  # fmt: skip
+    if reportlets is not None:
+        figure = reportlets.node(R2StarReportlet, "r2star_reportlet")
+        wf.connect([
+            (inputnode, figure, [("mask", "mask")]),
+            (node, figure, [("r2star", "r2star")]),
+        ])  # fmt: skip
     return wf

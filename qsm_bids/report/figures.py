@@ -33,9 +33,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from qsm_bids.bids.derivatives import write_bytes_atomic  # noqa: E402
 from qsm_bids.core import kernels  # noqa: E402
-
-#: Template name of the ``space-`` entity of the normalised maps.
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
+from qsm_bids.registration.template import TEMPLATE_SPACE  # noqa: E402
 
 #: Resolution (dots per inch) of the PNG figures.
 DPI = 100
@@ -80,13 +78,18 @@ def save_figure_atomic(fig: Figure, path: Path) -> Path:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+def load_ras(
+    path: Path, *, all_volumes: bool = False
+) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """Load a NIfTI image reoriented to the closest canonical (RAS+) voxel order.
 
     Parameters
     ----------
     path : Path
-        A 3D image (a 4D image gives its first volume).
+        A 3D or 4D image.
+    all_volumes : bool, default False
+        ``False``: a 4D image gives its first volume; ``True``: every volume (4D output,
+        volumes along the last axis; a 3D image gives one volume).
 
     Returns
     -------
@@ -99,7 +102,9 @@ def load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.nda
     """
     img = nb.as_closest_canonical(nb.load(str(path)))
     data = np.asanyarray(img.dataobj)
-    while data.ndim > 3:
+    if all_volumes:
+        data = data.reshape(*data.shape[:3], -1)
+    while data.ndim > 3 and not all_volumes:
         data = data[..., 0]
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return data.astype(np.float32, copy=False), zooms, np.asarray(img.affine)  # type: ignore[return-value]
@@ -368,6 +373,175 @@ def plot_orthogonal(
             borderaxespad=0.1,
         )
     fig.subplots_adjust(left=0.01, right=0.93 if units else 0.99, top=0.86, bottom=0.08)
+    return save_figure_atomic(fig, out_path)
+
+
+def plot_rows(
+    rows: Sequence[tuple[str, np.ndarray, float, float]],
+    voxel_mm: Sequence[float],
+    out_path: Path,
+    *,
+    cut: Sequence[int] | None = None,
+    crop: tuple[slice, slice, slice] | None = None,
+    cmap: str = "gray",
+    units: str = "",
+    title: str = "",
+    contour: np.ndarray | None = None,
+) -> Path:
+    """Sagittal, coronal and axial slices of several volumes, one row per volume.
+
+    Parameters
+    ----------
+    rows : sequence of (label, data, vmin, vmax)
+        Row label (e.g. ``"echo 2, 9.0 ms"``), the volume in RAS+ voxel order (all of the
+        same shape) and its display window (in the data's unit).
+    voxel_mm : sequence of 3 float
+        Voxel sizes (mm), for the aspect ratio.
+    out_path : Path
+        Destination (``.png`` or ``.svg``), written atomically.
+    cut, crop : optional
+        As in :func:`plot_orthogonal`.
+    cmap : str, default "gray"
+        matplotlib colour map (NaN is drawn black).
+    units : str, default ""
+        Colour bar label of every row; no colour bars when empty.
+    title : str, default ""
+        Figure title.
+    contour : ndarray or None, default None
+        A mask (same grid) outlined in red on every slice.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    if not rows:
+        raise ValueError("plot_rows needs at least one row")
+    shape = rows[0][1].shape[:3]
+    if crop is None:
+        crop = tuple(slice(0, n) for n in shape)  # type: ignore[assignment]
+    if cut is None:
+        cut = tuple(n // 2 for n in shape)
+    local_cut = [
+        int(np.clip(int(c) - s.start, 0, s.stop - s.start - 1))
+        for c, s in zip(cut, crop, strict=True)  # type: ignore[arg-type]
+    ]
+    colours = plt.get_cmap(cmap).with_extremes(bad="black")
+    first = _views(np.zeros([s.stop - s.start for s in crop], np.float32), local_cut, voxel_mm)  # type: ignore[union-attr]
+    widths = [v[2][1] for v in first]
+    heights = [v[2][3] for v in first]
+    panel_h = 2.0
+    scale = panel_h / max(heights)
+    fig_w = sum(widths) * scale + (0.9 if units else 0.2) + 1.2
+    fig = plt.figure(figsize=(max(fig_w, 4.0), panel_h * len(rows) + (0.6 if title else 0.3)))
+    fig.patch.set_facecolor("black")
+    ratios = list(widths) + ([0.04 * sum(widths)] if units else [])
+    gs = fig.add_gridspec(len(rows), len(ratios), width_ratios=ratios, wspace=0.04, hspace=0.12)
+    outline = (
+        _views(np.asarray(contour[crop], dtype=np.float32), local_cut, voxel_mm)
+        if contour is not None and contour.shape[:3] == shape
+        else None
+    )
+    for r, (label, data, vmin, vmax) in enumerate(rows):
+        vol = np.ma.masked_invalid(np.asarray(data, dtype=np.float32)[crop])
+        image = None
+        for n, (name, slab, extent) in enumerate(_views(vol, local_cut, voxel_mm)):
+            ax = fig.add_subplot(gs[r, n])
+            image = ax.imshow(
+                slab,
+                cmap=colours,
+                vmin=vmin,
+                vmax=vmax,
+                origin="lower",
+                extent=extent,
+                interpolation="nearest",
+            )
+            if outline is not None:
+                cslab = outline[n][1]
+                if np.any(cslab > 0.5) and np.any(cslab <= 0.5):
+                    ax.contour(
+                        cslab,
+                        levels=[0.5],
+                        colors=[BRAIN_CONTOUR[1]],
+                        linewidths=0.7,
+                        origin="lower",
+                        extent=extent,
+                    )
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(name, color="white", fontsize=9, pad=2)
+            if n == 0:
+                ax.text(
+                    -0.04, 0.5, label, color="white", fontsize=8, rotation=90,
+                    ha="right", va="center", transform=ax.transAxes,
+                )  # fmt: skip
+        if units and image is not None:
+            cax = fig.add_subplot(gs[r, len(first)])
+            cb = fig.colorbar(image, cax=cax)
+            cb.set_label(units, color="white", fontsize=8)
+            cb.ax.tick_params(colors="white", labelsize=7)
+            cb.outline.set_edgecolor("white")
+    if title:
+        fig.suptitle(title, color="white", fontsize=10)
+    fig.subplots_adjust(
+        left=0.06, right=0.92 if units else 0.99, top=1 - 0.5 / fig.get_figheight(), bottom=0.02
+    )
+    return save_figure_atomic(fig, out_path)
+
+
+def plot_scale(
+    value: float,
+    out_path: Path,
+    *,
+    flag: float,
+    reference: float = 1.0,
+    label: str = "",
+    flag_text: str = "flagged",
+    reference_text: str = "reference",
+) -> Path:
+    """One number on a horizontal scale with its flag threshold (e.g. the streaking index).
+
+    Parameters
+    ----------
+    value : float
+        The number shown (a marker and its value).
+    out_path : Path
+        Destination (``.png`` / ``.svg``), written atomically.
+    flag : float
+        Threshold above which the value is flagged (the range above it is shaded red).
+    reference : float, default 1.0
+        A reference value drawn as a dotted line (e.g. 1: isotropic).
+    label : str, default ""
+        Axis label.
+    flag_text, reference_text : str
+        Legends of the shaded range and of the reference line.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    value = float(value)
+    top = max(2.0 * flag, 1.15 * value if np.isfinite(value) else 0.0, reference * 1.5)
+    fig = plt.figure(figsize=(6.4, 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.axvspan(flag, top, color="#f4a582", alpha=0.6, label=f"{flag_text} (> {flag:g})")
+    ax.axvline(reference, color="#555555", ls=":", lw=1.0, label=reference_text)
+    flagged = np.isfinite(value) and value > flag
+    colour = "#b2182b" if flagged else "#2166ac"
+    if np.isfinite(value):
+        ax.plot([value], [0.5], marker="v", ms=12, color=colour)
+        ax.annotate(
+            f"{value:.2f}", (value, 0.5), xytext=(0, 9), textcoords="offset points",
+            ha="center", fontsize=10, color=colour,
+        )  # fmt: skip
+    ax.set_xlim(0.0, top)
+    ax.set_ylim(0.0, 1.2)
+    ax.set_yticks([])
+    if label:
+        ax.set_xlabel(label, fontsize=9)
+    ax.legend(loc="upper left", fontsize=7, frameon=False, ncol=2)
+    fig.tight_layout()
     return save_figure_atomic(fig, out_path)
 
 
