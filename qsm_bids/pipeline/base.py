@@ -14,6 +14,11 @@ follows this diagram line by line)::
          AAL3 into the subject, regional statistics -> derivatives
     outputs (chi), two_pass (local mask), user segmentation -> regional statistics
          -> derivatives   (--segmentation)
+    outputs (chi, sign), two_pass, combine, mask -> estimate reportlets (the figures of
+         the written fields and map, with the sign the check applied)
+
+Each stage's builder draws its own QC figure (a reportlet) into
+``OUTPUT_DIR/sub-<label>/figures/``; the report is assembled from them.
 
 Sub-workflows: :mod:`~qsm_bids.pipeline.field` (mask, unwrapping, echo combination),
 :mod:`~qsm_bids.pipeline.susceptibility` (background, inversion, two-pass, R2*),
@@ -36,6 +41,7 @@ from qsm_bids.bids.layout import Run
 from qsm_bids.bids.segmentation import Segmentation
 from qsm_bids.config import Config
 from qsm_bids.interfaces.load import LoadRun, run_to_json
+from qsm_bids.interfaces.reportlets import Reportlets
 from qsm_bids.pipeline.feedback import first_pass_inversion, init_feedback_wf
 from qsm_bids.pipeline.field import (
     init_echo_combination_wf,
@@ -48,6 +54,7 @@ from qsm_bids.pipeline.outputs import init_outputs_wf
 from qsm_bids.pipeline.registration import init_registration_wf, init_segmentation_wf
 from qsm_bids.pipeline.susceptibility import (
     init_background_wf,
+    init_estimate_reportlets_wf,
     init_inversion_wf,
     init_r2star_wf,
     init_two_pass_wf,
@@ -137,12 +144,17 @@ def init_qsm_wf(
     threads = max(1, int(omp_nthreads))
     heavy = {"mem_gb": 30 * vol + 0.3, "n_procs": threads}  # the FFT-heavy nodes
     susc = {**heavy, "reference_mask": _resolved(config.workflow.reference_mask)}
+    rep = Reportlets.for_run(_folders(config)["output_dir"], run)
     wf = pe.Workflow(name=name or workflow_name(run))
     load = load_node(run, config.workflow.phase_sign, mem_gb=3 * vol4 + 0.2)
-    mask_wf = init_mask_wf(recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2)
+    mask_wf = init_mask_wf(
+        recipe["mask"], mask_file=mask_file, mem_gb=2 * vol4 + 0.2, reportlets=rep
+    )
     field_mask_wf = init_field_mask_wf(fill_holes=two_pass, mem_gb=vol + 0.1)
-    unwrap_wf = init_unwrap_wf(recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=threads)
-    combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2)
+    unwrap_wf = init_unwrap_wf(
+        recipe["unwrap"], mem_gb=4 * vol4 + 0.3, n_procs=threads, reportlets=rep
+    )
+    combine_wf = init_echo_combination_wf(recipe["combine"], mem_gb=4 * vol4 + 0.2, reportlets=rep)
     background_wf = init_background_wf(bg, **heavy)
     inversion_wf = init_inversion_wf(first_pass_inversion(inv, bg), ref, **susc)
     feedback_wf = init_feedback_wf(bg, inv, ref, **susc)
@@ -179,8 +191,18 @@ def init_qsm_wf(
         (combine_wf, outputs_wf, [("outputnode.field", "inputnode.total_field")]),
         (two_pass_wf, outputs_wf, relay("chi", "local_field", "local_mask", "reference_note")),
     ])  # fmt: skip
+    figures_wf = init_estimate_reportlets_wf(rep, ref, reference_mask=susc["reference_mask"])
+    wf.connect([
+        (outputs_wf, figures_wf, [("outputnode.chi", "inputnode.chi"),
+                                  ("outputnode.sign", "inputnode.sign")]),
+        (two_pass_wf, figures_wf, relay("local_field", "local_mask", "reference_note")),
+        (combine_wf, figures_wf, [("outputnode.field", "inputnode.total_field")]),
+        (mask_wf, figures_wf, [("outputnode.mask", "inputnode.brain_mask")]),
+        (load, figures_wf, feed("meta", "magnitude")),
+    ])  # fmt: skip
     if run.magnitude_files and len(run.phase_files) >= 2:  # R2* needs two echoes
-        r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2)
+        r2star_wf = init_r2star_wf(recipe["r2star"], mem_gb=3 * vol4 + 0.2, reportlets=rep)
+        wf.connect(r2star_wf, "outputnode.r2star", figures_wf, "inputnode.r2star")
         wf.connect([
             (load, r2star_wf, feed("magnitude", "meta")),
             (field_mask_wf, r2star_wf, relay("mask")),
@@ -191,7 +213,7 @@ def init_qsm_wf(
         ])  # fmt: skip
     if run.magnitude_files and config.workflow.registration:
         reg_wf = init_run_registration_wf(run, config, recipe, run_hash=run_hash,
-                                          n_procs=threads, vol_gb=vol)  # fmt: skip
+                                          n_procs=threads, vol_gb=vol, reportlets=rep)  # fmt: skip
         wf.connect([
             (load, reg_wf, feed("magnitude", "meta")),
             (outputs_wf, reg_wf, relay("chi")),
@@ -199,7 +221,7 @@ def init_qsm_wf(
         ])  # fmt: skip
     if segmentation is not None:
         seg_wf = init_segmentation_wf(segmentation, run=run, **_folders(config),
-                                      mem_gb=2 * vol + 0.3)  # fmt: skip
+                                      mem_gb=2 * vol + 0.3, reportlets=rep)  # fmt: skip
         seg_wf.get_node("segmentation_derivatives").inputs.run_hash = run_hash
         wf.connect([
             (outputs_wf, seg_wf, relay("chi")),
@@ -226,7 +248,7 @@ def load_node(run: Run, phase_sign: str = "auto", *, mem_gb: float = 1.0) -> pe.
 
 def init_run_registration_wf(
     run: Run, config: Config, recipe: Recipe, *, run_hash: str = "", n_procs: int = 1,
-    vol_gb: float = 0.01,
+    vol_gb: float = 0.01, reportlets: Reportlets | None = None,
 ) -> pe.Workflow:  # fmt: skip
     """The registration branch of ``run`` (:func:`init_registration_wf`: magnitude to
     MNI152NLin2009aSym, chi into the template, AAL3 into the subject and its regional
@@ -240,6 +262,7 @@ def init_run_registration_wf(
         provenance=recipe.provenance(),
         n_procs=n_procs,
         mem_gb=max(1.0, 25 * vol_gb + 0.5),
+        reportlets=reportlets,
         force_regionstats=config.workflow.force_regionstats,
         **({} if seed is None else {"seed": int(seed)}),
     )
