@@ -1,0 +1,161 @@
+"""SLURM jobs that never start, or end without results, are reported instead of awaited.
+
+nipype's SLURM plugin polls ``squeue`` for each node's job. A job the scheduler kills
+(time limit, out of memory, ``scancel``) leaves the queue without a result file, and
+nipype reports the node as crashed after ``job_finished_timeout``; :class:`GuardedSLURMPlugin`
+adds the job's final state from ``scontrol`` to that report. A job that can never start
+(held, a partition or node limit it exceeds, an invalid account or QOS: the pending
+reasons in :data:`NEVER_STARTS`) would be waited on forever; here it is cancelled and
+its node reported as crashed, with the reason, at the first poll that sees it. A job
+pending longer than ``job_start_timeout`` seconds (plugin argument, default 0: no limit,
+since a busy queue is normal) is treated the same way.
+
+For ``SLURMGraph`` (every job submitted at once), :func:`check_tagged_jobs` does the same
+while the participant level waits for the tagged jobs.
+
+SGE and PBS keep nipype's behaviour (killed jobs are reported; jobs that never start are
+waited on): no scheduler of that kind was available to test against.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+
+from nipype.pipeline.plugins.slurm import SLURMPlugin
+
+log = logging.getLogger("qsm_bids")
+
+#: SLURM pending reasons of a job that will not start without someone acting
+NEVER_STARTS = (
+    "JobHeldUser",
+    "JobHeldAdmin",
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "PartitionDown",
+    "PartitionInactive",
+    "ReqNodeNotAvail",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "AccountNotAllowed",
+    "QOSMaxMemoryPerJob",
+    "QOSMaxCpuPerJobLimit",
+    "QOSMaxWallDurationPerJobLimit",
+    "DependencyNeverSatisfied",
+    "launch failed requeued held",
+)
+
+
+def _run(args: list[str]) -> str | None:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def job_state(jobid: int | str) -> tuple[str, str] | None:
+    """``(state, reason)`` of a queued or running SLURM job (``squeue``), or None when it
+    is no longer in the queue (or ``squeue`` does not answer)."""
+    text = _run(["squeue", "-h", "-j", str(jobid), "-o", "%T|%r"])
+    if not text or not text.strip():
+        return None
+    state, _, reason = text.strip().splitlines()[0].partition("|")
+    return state.strip(), reason.strip()
+
+
+def final_state(jobid: int | str) -> str | None:
+    """How a finished job ended (``JobState`` and ``Reason`` from ``scontrol show job``,
+    e.g. ``"OUT_OF_MEMORY"``, ``"TIMEOUT"``, ``"CANCELLED"``), while SLURM still knows it."""
+    text = _run(["scontrol", "-o", "show", "job", str(jobid)])
+    if not text:
+        return None
+    fields = dict(
+        item.split("=", 1) for item in text.split() if "=" in item and not item.startswith("=")
+    )
+    state = fields.get("JobState")
+    reason = fields.get("Reason")
+    if state is None:
+        return None
+    return state if reason in (None, "None") else f"{state} ({reason})"
+
+
+def never_starts(reason: str) -> bool:
+    """Whether a pending reason means the job will not start by itself."""
+    return any(key.lower() in reason.lower() for key in NEVER_STARTS)
+
+
+def cancel(jobid: int | str) -> None:
+    """``scancel`` a job (errors ignored: it may have just ended)."""
+    _run(["scancel", str(jobid)])
+
+
+class GuardedSLURMPlugin(SLURMPlugin):
+    """nipype's SLURM plugin that reports jobs that never start or end without results;
+    see the module docstring. Extra plugin argument: ``job_start_timeout`` (s, 0 = none)."""
+
+    def __init__(self, **kwargs) -> None:
+        args = dict(kwargs.get("plugin_args") or {})
+        self._start_timeout = float(args.pop("job_start_timeout", 0) or 0)
+        kwargs["plugin_args"] = args
+        super().__init__(**kwargs)
+        self._pending_since: dict[int, float] = {}
+        self._abandoned: dict[int, str] = {}
+
+    def _is_pending(self, taskid: int) -> bool:
+        state = job_state(taskid)
+        if state is None:
+            return False
+        status, reason = state
+        if status != "PENDING":
+            return True
+        since = self._pending_since.setdefault(taskid, time.monotonic())
+        waited = time.monotonic() - since
+        if never_starts(reason):
+            why = f"it cannot start (pending reason: {reason})"
+        elif self._start_timeout and waited > self._start_timeout:
+            why = f"it was still pending after {waited:.0f} s (job_start_timeout; {reason})"
+        else:
+            return True
+        cancel(taskid)
+        self._abandoned[taskid] = f"SLURM job {taskid} was cancelled: {why}"
+        log.error("%s", self._abandoned[taskid])
+        return False
+
+    def _get_result(self, taskid: int):
+        if taskid in self._abandoned:
+            self._pending.pop(taskid, None)
+            text = f"BatchJobError: {self._abandoned.pop(taskid)}\n"
+            return {"result": None, "traceback": [text], "taskid": taskid}
+        try:
+            return super()._get_result(taskid)
+        except OSError as exc:  # nipype: finished, but no result file
+            state = final_state(taskid)
+            if state is None:
+                raise
+            raise OSError(
+                f"BatchJobError: SLURM job {taskid} ended as {state} without results ({exc})"
+            ) from exc
+
+
+def check_tagged_jobs(tag: str, user: str) -> str | None:
+    """For ``SLURMGraph``: if a job tagged ``tag`` (its comment) can never start, cancel
+    every job of the tag and return why; else None."""
+    text = _run(["squeue", "-h", "-u", user, "-o", "%k|%i|%T|%r"]) or ""
+    jobs = [line.split("|") for line in text.splitlines() if line.count("|") == 3]
+    ours = [(jobid, state, reason) for comment, jobid, state, reason in jobs if comment == tag]
+    stuck = [
+        (jobid, reason) for jobid, state, reason in ours if state == "PENDING" and never_starts(reason)
+    ]
+    if not stuck:
+        return None
+    for jobid, _, _ in ours:
+        cancel(jobid)
+    first, reason = stuck[0]
+    return (
+        f"SLURM job {first} (and {len(ours) - 1} more of this run, cancelled) cannot start: "
+        f"pending reason {reason}"
+    )
