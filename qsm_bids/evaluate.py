@@ -41,9 +41,7 @@ from qsm_bids.core.metrics import (
 )
 from qsm_bids.core.streaking import streaking_index
 from qsm_bids.errors import QSMInputError
-
-#: Deep grey-matter regions reported by the demo and bounded by the tests.
-DEEP_GREY = ("caudate", "putamen", "pallidum", "thalamus", "substantia_nigra", "red_nucleus")
+from qsm_bids.regions import DEEP_GREY
 
 #: Name of the calcification region in a ``dseg.tsv`` (challenge 2.0 phantoms have one).
 CALCIFICATION = "calcification"

@@ -39,7 +39,7 @@ from qsm_bids import __version__
 from qsm_bids.bids.naming import name_entities, run_prefix, split_bids_name
 from qsm_bids.core.regionstats import COLUMNS
 from qsm_bids.errors import QSMInputError
-from qsm_bids.regions import DEEP_GREY_PATTERNS, is_deep_grey, order_regions
+from qsm_bids.regions import is_deep_grey, order_regions
 from qsm_bids.registration.template import TEMPLATE_SPACE
 
 #: Statistics columns of a run's ``regionstats.tsv``, in order.
@@ -455,7 +455,6 @@ def run_group_level(
 
 __all__ = [
     "ATLAS_SEGMENTATION",
-    "DEEP_GREY_PATTERNS",
     "GroupResult",
     "STAT_COLUMNS",
     "is_deep_grey",

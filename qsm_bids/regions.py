@@ -8,15 +8,33 @@ from __future__ import annotations
 
 import re
 
-#: Deep grey-matter structures, in display order, with the pattern their AAL3 region names
-#: match (``Caudate_L``, ``Thal_VPL_R``, ``SN_pc_L``, ``Red_N_R``, ...).
-DEEP_GREY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("caudate", re.compile(r"caudate", re.IGNORECASE)),
-    ("putamen", re.compile(r"putamen", re.IGNORECASE)),
-    ("pallidum", re.compile(r"pallid|globus", re.IGNORECASE)),
-    ("thalamus", re.compile(r"^thal|thalam", re.IGNORECASE)),
-    ("substantia nigra", re.compile(r"(^|_)sn(_|$)|nigra", re.IGNORECASE)),
-    ("red nucleus", re.compile(r"red_?n(uc|_|$)|red nucleus", re.IGNORECASE)),
+#: The deep grey-matter structures, in display order: the one list of them (the demo's and
+#: tests' regions, the AAL3 label groups of :data:`qsm_bids.registration.atlas.AAL3_DEEP_GREY`
+#: and the patterns below are keyed by these names).
+DEEP_GREY: tuple[str, ...] = (
+    "caudate",
+    "putamen",
+    "pallidum",
+    "thalamus",
+    "substantia_nigra",
+    "red_nucleus",
+)
+
+#: Each structure of :data:`DEEP_GREY` with the pattern its AAL3 region names match
+#: (``Caudate_L``, ``Thal_VPL_R``, ``SN_pc_L``, ``Red_N_R``, ...).
+DEEP_GREY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    zip(
+        DEEP_GREY,
+        (
+            re.compile(r"caudate", re.IGNORECASE),
+            re.compile(r"putamen", re.IGNORECASE),
+            re.compile(r"pallid|globus", re.IGNORECASE),
+            re.compile(r"^thal|thalam", re.IGNORECASE),
+            re.compile(r"(^|_)sn(_|$)|nigra", re.IGNORECASE),
+            re.compile(r"red_?n(uc|_|$)|red nucleus", re.IGNORECASE),
+        ),
+        strict=True,
+    )
 )
 
 #: Region name of a table's whole-brain row.
@@ -56,4 +74,4 @@ def is_deep_grey(region: str) -> bool:
     return any(p.search(region) for _, p in DEEP_GREY_PATTERNS)
 
 
-__all__ = ["DEEP_GREY_PATTERNS", "WHOLE_BRAIN", "is_deep_grey", "order_regions"]
+__all__ = ["DEEP_GREY", "DEEP_GREY_PATTERNS", "WHOLE_BRAIN", "is_deep_grey", "order_regions"]

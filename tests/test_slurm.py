@@ -4,10 +4,12 @@ processes one participant per task. Skipped where SLURM is not installed or not 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nb
@@ -99,3 +101,55 @@ def test_array_job_script_runs_one_participant_per_task(slurm, dataset, tmp_path
     for sub in ("01", "02"):
         assert np.isfinite(_chimap(out, sub)).all()
     assert (out / "dataset_description.json").is_file()
+
+
+@pytest.mark.parametrize("plugin", ["SLURM", "SLURMGraph"])
+def test_a_job_that_cannot_start_is_reported_not_awaited(slurm, dataset, tmp_path, plugin):
+    """A held job (as a partition or account limit leaves it) never starts: the run must
+    cancel it and fail with the reason instead of waiting forever."""
+    out = tmp_path / "out"
+    start = time.monotonic()
+    code = main([str(dataset), str(out), "participant", "-w", str(tmp_path / "w"),
+                 "--participant-label", "01", "--nprocs", "1", "--no-registration",
+                 "--pipeline", "fast", "--skip-bids-validation", "--plugin", plugin,
+                 "--plugin-args", '{"sbatch_args": "--hold"}'])  # fmt: skip
+    assert code == 1
+    assert time.monotonic() - start < 300
+    summary = json.loads(sorted((out / "logs").glob("summary-*.json"))[-1].read_text())
+    run = summary["Runs"]["sub-01"]
+    assert run["Status"] == "failed"
+    assert "JobHeldUser" in run["Reason"] and "cannot start" in run["Reason"]
+    user = os.environ.get("USER") or "root"
+    left = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i"], capture_output=True,
+                          text=True, check=False).stdout.split()  # fmt: skip
+    assert not left, f"jobs left in the queue: {left}"
+
+
+def test_a_job_the_scheduler_kills_fails_its_run_with_the_job_state(slurm, dataset, tmp_path):
+    """scancel of a running job (as a time limit or the OOM policy does): its node fails with
+    the job's final state; nipype's own path would end the run with a TypeError."""
+    import threading
+
+    user = os.environ.get("USER") or "root"
+
+    def cancel_first_running() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            out = subprocess.run(["squeue", "-h", "-u", user, "-t", "RUNNING", "-o", "%i"],
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+            if out.stdout.split():
+                subprocess.run(["scancel", out.stdout.split()[0]], check=False)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=cancel_first_running, daemon=True)
+    killer.start()
+    out = tmp_path / "out"
+    code = main([str(dataset), str(out), "participant", "-w", str(tmp_path / "w"),
+                 "--participant-label", "01", "--nprocs", "1", "--no-registration",
+                 "--pipeline", "fast", "--skip-bids-validation", "--plugin", "SLURM"])  # fmt: skip
+    killer.join(timeout=5)
+    assert code == 1
+    summary = json.loads(sorted((out / "logs").glob("summary-*.json"))[-1].read_text())
+    reason = summary["Runs"]["sub-01"]["Reason"]
+    assert "BatchJobError" in reason and "CANCELLED" in reason, reason

@@ -1,9 +1,11 @@
 """SLURM jobs that never start, or end without results, are reported instead of awaited.
 
 nipype's SLURM plugin polls ``squeue`` for each node's job. A job the scheduler kills
-(time limit, out of memory, ``scancel``) leaves the queue without a result file, and
-nipype reports the node as crashed after ``job_finished_timeout``; :class:`GuardedSLURMPlugin`
-adds the job's final state from ``scontrol`` to that report. A job that can never start
+(time limit, out of memory, ``scancel``) leaves the queue without a result file; nipype
+notices after ``job_finished_timeout`` but then fails on its own crash report (its message
+is a string where a list is expected), which ends the whole run with a ``TypeError``.
+:class:`GuardedSLURMPlugin` reports the node as crashed, with the job's final state from
+``scontrol``. A job that can never start
 (held, a partition or node limit it exceeds, an invalid account or QOS: the pending
 reasons in :data:`NEVER_STARTS`) would be waited on forever; here it is cancelled and
 its node reported as crashed, with the reason, at the first poll that sees it. A job
@@ -126,19 +128,26 @@ class GuardedSLURMPlugin(SLURMPlugin):
         return False
 
     def _get_result(self, taskid: int):
+        if taskid not in self._abandoned and self._is_pending(taskid):
+            return None
         if taskid in self._abandoned:
-            self._pending.pop(taskid, None)
             text = f"BatchJobError: {self._abandoned.pop(taskid)}\n"
             return {"result": None, "traceback": [text], "taskid": taskid}
-        try:
-            return super()._get_result(taskid)
-        except OSError as exc:  # nipype: finished, but no result file
+        result = super()._get_result(taskid)
+        trace = result.get("traceback") if isinstance(result, dict) else None
+        if isinstance(trace, str):
+            # nipype's "finished, but no results file" comes as one string, which its own
+            # crash writer cannot extend (TypeError): a list, with how the job ended
             state = final_state(taskid)
-            if state is None:
-                raise
-            raise OSError(
-                f"BatchJobError: SLURM job {taskid} ended as {state} without results ({exc})"
-            ) from exc
+            ended = f"as {state}" if state else "(its final state is no longer known to SLURM)"
+            result["traceback"] = [
+                trace,
+                f"BatchJobError: SLURM job {taskid} ended {ended} without results\n",
+            ]
+        return result
+
+    def _clear_task(self, taskid: int) -> None:
+        self._pending.pop(taskid, None)
 
 
 def check_tagged_jobs(tag: str, user: str) -> str | None:
@@ -148,7 +157,9 @@ def check_tagged_jobs(tag: str, user: str) -> str | None:
     jobs = [line.split("|") for line in text.splitlines() if line.count("|") == 3]
     ours = [(jobid, state, reason) for comment, jobid, state, reason in jobs if comment == tag]
     stuck = [
-        (jobid, reason) for jobid, state, reason in ours if state == "PENDING" and never_starts(reason)
+        (jobid, reason)
+        for jobid, state, reason in ours
+        if state == "PENDING" and never_starts(reason)
     ]
     if not stuck:
         return None

@@ -295,7 +295,9 @@ def signals_raise(signums: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None
 
 
 def run_workflow(wf, plugin: str, plugin_args: dict, *, grace_s: float = 10.0) -> ExecutionOutcome:
-    """Run ``wf`` with ``plugin``; MultiProc runs as :class:`ResilientMultiProcPlugin`.
+    """Run ``wf`` with ``plugin``; MultiProc runs as :class:`ResilientMultiProcPlugin`,
+    SLURM as :class:`qsm_bids.cli.batch.GuardedSLURMPlugin` (jobs that cannot start are
+    cancelled and reported).
 
     Returns
     -------
@@ -310,6 +312,10 @@ def run_workflow(wf, plugin: str, plugin_args: dict, *, grace_s: float = 10.0) -
         args = dict(plugin_args)
         args.setdefault("tasks_dir", str(Path(wf.base_dir or ".") / TASKS_FOLDER))
         runner = ResilientMultiProcPlugin(plugin_args=args)
+    elif plugin == "SLURM":
+        from qsm_bids.cli.batch import GuardedSLURMPlugin
+
+        runner = GuardedSLURMPlugin(plugin_args=dict(plugin_args))
     try:
         with signals_raise((signal.SIGTERM,)):
             if isinstance(runner, str):

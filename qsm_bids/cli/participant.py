@@ -348,7 +348,9 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
         gc.unfreeze()
     if tag is not None and not outcome.interrupted:
         log.info("waiting for the SLURM jobs of this run (comment %s)", tag)
-        wait_for_slurm_jobs(tag)
+        outcome.error = wait_for_slurm_jobs(tag) or outcome.error
+        if outcome.error:
+            log.error("%s", outcome.error)
 
     result = ParticipantResult(
         seconds=time.monotonic() - start, invalid=invalid, signal=outcome.signal
@@ -362,6 +364,8 @@ def run_participant_level(config: Config, *, recipe: Recipe | None = None) -> Pa
                 )
             else:
                 reason = summarise_crash(crash_dir, run, since=started)
+                if reason == NO_CRASH_FILE and outcome.error:
+                    reason = outcome.error  # e.g. a SLURMGraph job that cannot start
                 reason += disk_note(output_dir, work_dir)
             result.failed[run.name] = reason
             continue
@@ -656,6 +660,10 @@ def quiet_nipype(verbose: bool = False) -> None:
     nlogging.update_logging(config)
 
 
+#: :func:`summarise_crash`'s answer when no crash file of the run was found
+NO_CRASH_FILE = "no output was written (see the log above)"
+
+
 def summarise_crash(crash_dir: Path, run: Run, *, since: float = 0.0) -> str:
     """One readable line about why a run failed, with the crash file's path; only crash
     files written after ``since`` (seconds since the epoch: this invocation's) count."""
@@ -678,4 +686,4 @@ def summarise_crash(crash_dir: Path, run: Run, *, since: float = 0.0) -> str:
         errors = [ln for ln in lines if ("Error" in ln or "WorkerDied" in ln) and ":" in ln]
         reason = errors[-1] if errors else lines[-1]
         return f"{reason} (details: {path})"
-    return "no output was written (see the log above)"
+    return NO_CRASH_FILE

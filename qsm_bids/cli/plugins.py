@@ -121,12 +121,19 @@ def plugin_settings(
     return args, tag
 
 
-def wait_for_slurm_jobs(tag: str, *, poll_s: float = 1.0, timeout_s: float = 7 * 24 * 3600) -> None:
+def wait_for_slurm_jobs(
+    tag: str, *, poll_s: float = 1.0, timeout_s: float = 7 * 24 * 3600
+) -> str | None:
     """Block until no SLURM job whose comment is ``tag`` is queued or running.
 
     The SLURMGraph plugin submits the whole graph and returns at once; the participant
-    level waits here before it checks the outputs and reports success or failure.
+    level waits here before it checks the outputs and reports success or failure. A job
+    of the tag that can never start (held, beyond a partition's limits, ...:
+    :func:`qsm_bids.cli.batch.check_tagged_jobs`) ends the wait: every job of the tag is
+    cancelled and the reason returned. Returns None when the jobs ended by themselves.
     """
+    from qsm_bids.cli.batch import check_tagged_jobs
+
     user = os.environ.get("USER") or getpass.getuser()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -137,6 +144,9 @@ def wait_for_slurm_jobs(tag: str, *, poll_s: float = 1.0, timeout_s: float = 7 *
             check=False,
         )
         if out.returncode == 0 and tag not in out.stdout.split():
-            return
+            return None
+        stuck = check_tagged_jobs(tag, user)
+        if stuck is not None:
+            return stuck
         time.sleep(poll_s)
     raise TimeoutError(f"SLURM jobs tagged {tag} still queued after {timeout_s:.0f} s")

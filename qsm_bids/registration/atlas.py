@@ -26,18 +26,20 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from qsm_bids.regions import DEEP_GREY
+
 #: ``desc-`` label of the atlas-based derivatives.
 ATLAS_NAME = "aal3"
 
-#: Bilateral deep grey matter regions as unions of AAL3 labels.
-AAL3_DEEP_GREY: dict[str, tuple[int, ...]] = {
-    "caudate": (75, 76),
-    "putamen": (77, 78),
-    "pallidum": (79, 80),
-    "thalamus": tuple(range(121, 151)),
-    "substantia_nigra": (161, 162, 163, 164),
-    "red_nucleus": (165, 166),
-}
+#: Bilateral deep grey matter regions (:data:`qsm_bids.regions.DEEP_GREY`) as unions of
+#: AAL3 labels.
+AAL3_DEEP_GREY: dict[str, tuple[int, ...]] = dict(
+    zip(
+        DEEP_GREY,
+        ((75, 76), (77, 78), (79, 80), tuple(range(121, 151)), (161, 162, 163, 164), (165, 166)),
+        strict=True,
+    )
+)
 
 
 def _atlas_folder() -> Path:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qsm_bids.registration.template import TEMPLATE_SPACE
 from qsm_bids.report.references import REFERENCES, Reference, labels
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "write_citation_files",
 ]
 
-#: Name of the template space the registration targets (TemplateFlow's identifier).
-TEMPLATE_SPACE = "MNI152NLin2009aSym"
 
 #: Distributions whose versions the text reports (display name -> distribution name).
 SOFTWARE = {
