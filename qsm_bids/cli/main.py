@@ -1,7 +1,8 @@
 """Entry point of ``qsm-bids``: dispatches to the participant level, simulate, demo,
 evaluate and invert.
 
-Exit codes: 0 success; 1 some runs failed while processing; 2 bad input or usage (nothing
+Exit codes: 0 success; 1 some runs failed (or are incomplete: maps written, a regional
+table missing) while processing; 128 + N stopped by signal N; 2 bad input or usage (nothing
 written for the offending input; the other participants are still processed when only some
 runs have bad files).
 """
@@ -147,7 +148,8 @@ def cmd_participant(ns) -> int:
             result.summary,
         )
         return 128 + result.signal
-    for run in result.succeeded:
+    complete = [run for run in result.succeeded if run.name not in result.incomplete]
+    for run in complete:
         log.info("finished %s", run.name)
     for name, reason in result.failed.items():
         log.error("FAILED %s: %s", name, reason)
@@ -155,7 +157,7 @@ def cmd_participant(ns) -> int:
         log.error("SKIPPED %s (bad input): %s", name, reason)
     log.info(
         "%d of %d run(s) succeeded in %.0f s; outputs in %s; summary %s",
-        len(result.succeeded),
+        len(complete),
         len(result.succeeded) + len(result.failed) + len(result.invalid),
         result.seconds,
         Path(ex.output_dir).resolve(),
@@ -164,9 +166,13 @@ def cmd_participant(ns) -> int:
     subjects = {r.subject for r in result.succeeded}
     subjects |= {n.split("_")[0].removeprefix("sub-") for n in [*result.failed, *result.invalid]}
     write_reports(Path(ex.output_dir), Path(ex.bids_dir), subjects)
+    for name, reason in result.incomplete.items():
+        log.error("INCOMPLETE %s: %s", name, reason)
     if result.invalid:
         return 2
-    return 1 if result.failed else 0
+    # a run whose maps are written but whose regional tables are missing (a step failed,
+    # a worker died) is not a success either
+    return 1 if result.failed or result.incomplete else 0
 
 
 def reports_only(config) -> int:
