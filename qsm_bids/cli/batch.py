@@ -1,4 +1,4 @@
-"""SLURM jobs that never start, or end without results, are reported instead of awaited.
+"""Batch jobs that never start, or end without results, are reported instead of awaited.
 
 nipype's SLURM plugin polls ``squeue`` for each node's job. A job the scheduler kills
 (time limit, out of memory, ``scancel``) leaves the queue without a result file; nipype
@@ -15,8 +15,9 @@ since a busy queue is normal) is treated the same way.
 For ``SLURMGraph`` (every job submitted at once), :func:`check_tagged_jobs` does the same
 while the participant level waits for the tagged jobs.
 
-SGE and PBS keep nipype's behaviour (killed jobs are reported; jobs that never start are
-waited on): no scheduler of that kind was available to test against.
+:class:`GuardedSGEPlugin` and :class:`GuardedPBSPlugin` do the same for SGE (error and
+held states) and PBS (held jobs); they are tested against stand-in ``qsub``/``qstat``/``qdel``
+scripts, not a real scheduler (none was available).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import logging
 import subprocess
 import time
 
+from nipype.pipeline.plugins.pbs import PBSPlugin
+from nipype.pipeline.plugins.sge import SGEPlugin
 from nipype.pipeline.plugins.slurm import SLURMPlugin
 
 log = logging.getLogger("qsm_bids")
@@ -95,9 +98,14 @@ def cancel(jobid: int | str) -> None:
     _run(["scancel", str(jobid)])
 
 
-class GuardedSLURMPlugin(SLURMPlugin):
-    """nipype's SLURM plugin that reports jobs that never start or end without results;
-    see the module docstring. Extra plugin argument: ``job_start_timeout`` (s, 0 = none)."""
+class BatchGuard:
+    """What the guarded batch plugins share (a mixin before nipype's plugin class): a job
+    that :meth:`_stuck_reason` says cannot start, or that waited longer than
+    ``job_start_timeout``, is cancelled and its node reported as crashed; a job that ended
+    without results is reported with how it ended (:meth:`_final_state`) instead of
+    crashing nipype's crash writer. Subclasses define the three scheduler hooks."""
+
+    scheduler = "batch"
 
     def __init__(self, **kwargs) -> None:
         args = dict(kwargs.get("plugin_args") or {})
@@ -107,25 +115,40 @@ class GuardedSLURMPlugin(SLURMPlugin):
         self._pending_since: dict[int, float] = {}
         self._abandoned: dict[int, str] = {}
 
+    # ------------------------------------------------------------------ scheduler hooks
+    def _queued(self, taskid: int) -> tuple[bool, str | None]:
+        """``(still in the queue, why it cannot start or None)``."""
+        raise NotImplementedError
+
+    def _cancel(self, taskid: int) -> None:
+        raise NotImplementedError
+
+    def _final_state(self, taskid: int) -> str | None:
+        return None
+
+    # ------------------------------------------------------------------ nipype's hooks
     def _is_pending(self, taskid: int) -> bool:
-        state = job_state(taskid)
-        if state is None:
+        if taskid in self._abandoned:
             return False
-        status, reason = state
-        if status != "PENDING":
-            return True
+        queued, stuck = self._queued(taskid)
+        if not queued:
+            return False
         since = self._pending_since.setdefault(taskid, time.monotonic())
         waited = time.monotonic() - since
-        if never_starts(reason):
-            why = f"it cannot start (pending reason: {reason})"
-        elif self._start_timeout and waited > self._start_timeout:
-            why = f"it was still pending after {waited:.0f} s (job_start_timeout; {reason})"
+        if stuck is not None:
+            why = f"it cannot start ({stuck})"
+        elif self._start_timeout and waited > self._start_timeout and self._waiting(taskid):
+            why = f"it was still waiting to start after {waited:.0f} s (job_start_timeout)"
         else:
             return True
-        cancel(taskid)
-        self._abandoned[taskid] = f"SLURM job {taskid} was cancelled: {why}"
+        self._cancel(taskid)
+        self._abandoned[taskid] = f"{self.scheduler} job {taskid} was cancelled: {why}"
         log.error("%s", self._abandoned[taskid])
         return False
+
+    def _waiting(self, taskid: int) -> bool:
+        """Whether the job has not started yet (for ``job_start_timeout``)."""
+        return True
 
     def _get_result(self, taskid: int):
         if taskid not in self._abandoned and self._is_pending(taskid):
@@ -138,16 +161,99 @@ class GuardedSLURMPlugin(SLURMPlugin):
         if isinstance(trace, str):
             # nipype's "finished, but no results file" comes as one string, which its own
             # crash writer cannot extend (TypeError): a list, with how the job ended
-            state = final_state(taskid)
-            ended = f"as {state}" if state else "(its final state is no longer known to SLURM)"
+            state = self._final_state(taskid)
+            ended = f"as {state}" if state else "(its final state is not known)"
             result["traceback"] = [
                 trace,
-                f"BatchJobError: SLURM job {taskid} ended {ended} without results\n",
+                f"BatchJobError: {self.scheduler} job {taskid} ended {ended} without results\n",
             ]
         return result
 
     def _clear_task(self, taskid: int) -> None:
         self._pending.pop(taskid, None)
+
+
+class GuardedSLURMPlugin(BatchGuard, SLURMPlugin):
+    """nipype's SLURM plugin with :class:`BatchGuard`: ``squeue`` states and pending
+    reasons (:data:`NEVER_STARTS`), ``scancel``, the final state from ``scontrol``. Extra
+    plugin argument: ``job_start_timeout`` (s, 0 = none)."""
+
+    scheduler = "SLURM"
+
+    def _queued(self, taskid: int) -> tuple[bool, str | None]:
+        state = job_state(taskid)
+        if state is None:
+            return False, None
+        status, reason = state
+        self._last_status = status
+        if status == "PENDING" and never_starts(reason):
+            return True, f"pending reason: {reason}"
+        return True, None
+
+    def _waiting(self, taskid: int) -> bool:
+        return getattr(self, "_last_status", "") == "PENDING"
+
+    def _cancel(self, taskid: int) -> None:
+        cancel(taskid)
+
+    def _final_state(self, taskid: int) -> str | None:
+        return final_state(taskid)
+
+
+class GuardedSGEPlugin(BatchGuard, SGEPlugin):
+    """nipype's SGE plugin with :class:`BatchGuard`: nipype decides whether the job is
+    queued; a job in an error (``Eqw``) or held (``hqw``) state in ``qstat`` cannot start;
+    ``qdel`` cancels it."""
+
+    scheduler = "SGE"
+
+    def _queued(self, taskid: int) -> tuple[bool, str | None]:
+        if not SGEPlugin._is_pending(self, taskid):
+            return False, None
+        text = _run(["qstat"]) or ""
+        for line in text.splitlines():
+            cols = line.split()
+            if len(cols) > 4 and cols[0] == str(taskid):
+                state = cols[4]
+                if "E" in state:
+                    return True, f"qstat state {state}: an error keeps it from running"
+                if "h" in state:
+                    return True, f"qstat state {state}: held"
+        return True, None
+
+    def _cancel(self, taskid: int) -> None:
+        _run(["qdel", str(taskid)])
+
+
+class GuardedPBSPlugin(BatchGuard, PBSPlugin):
+    """nipype's PBS plugin with :class:`BatchGuard`: nipype decides whether the job is
+    queued; ``job_state = H`` (held) in ``qstat -f`` cannot start; ``qdel`` cancels it;
+    the final state is the ``exit_status`` of ``qstat -fx`` where the server keeps it."""
+
+    scheduler = "PBS"
+
+    def _queued(self, taskid: int) -> tuple[bool, str | None]:
+        if not PBSPlugin._is_pending(self, taskid):
+            return False, None
+        text = _run(["qstat", "-f", str(taskid)]) or ""
+        if "job_state = H" in text:
+            return True, "job_state = H: held"
+        return True, None
+
+    def _cancel(self, taskid: int) -> None:
+        _run(["qdel", str(taskid)])
+
+    def _final_state(self, taskid: int) -> str | None:
+        text = _run(["qstat", "-fx", str(taskid)]) or ""
+        for line in text.splitlines():
+            key, _, value = line.strip().partition(" = ")
+            if key == "exit_status":
+                return f"exit status {value}"
+        return None
+
+
+#: guarded plugin per nipype plugin name
+GUARDED = {"SLURM": GuardedSLURMPlugin, "SGE": GuardedSGEPlugin, "PBS": GuardedPBSPlugin}
 
 
 def check_tagged_jobs(tag: str, user: str) -> str | None:

@@ -296,8 +296,8 @@ def signals_raise(signums: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None
 
 def run_workflow(wf, plugin: str, plugin_args: dict, *, grace_s: float = 10.0) -> ExecutionOutcome:
     """Run ``wf`` with ``plugin``; MultiProc runs as :class:`ResilientMultiProcPlugin`,
-    SLURM as :class:`qsm_bids.cli.batch.GuardedSLURMPlugin` (jobs that cannot start are
-    cancelled and reported).
+    SLURM, SGE and PBS as the guarded plugins of :mod:`qsm_bids.cli.batch` (jobs that cannot
+    start are cancelled and reported, jobs that end without results are named).
 
     Returns
     -------
@@ -312,10 +312,10 @@ def run_workflow(wf, plugin: str, plugin_args: dict, *, grace_s: float = 10.0) -
         args = dict(plugin_args)
         args.setdefault("tasks_dir", str(Path(wf.base_dir or ".") / TASKS_FOLDER))
         runner = ResilientMultiProcPlugin(plugin_args=args)
-    elif plugin == "SLURM":
-        from qsm_bids.cli.batch import GuardedSLURMPlugin
+    elif plugin in ("SLURM", "SGE", "PBS"):
+        from qsm_bids.cli.batch import GUARDED
 
-        runner = GuardedSLURMPlugin(plugin_args=dict(plugin_args))
+        runner = GUARDED[plugin](plugin_args=dict(plugin_args))
     try:
         with signals_raise((signal.SIGTERM,)):
             if isinstance(runner, str):
