@@ -27,6 +27,7 @@ QSTAT = """#!/bin/sh
 mode=$(cat "{state}/mode")
 case "$mode" in
   held) echo "Job Id: $2"; echo "    job_state = H" ;;
+  queued) echo "Job Id: $2"; echo "    job_state = Q" ;;
   gone) if [ "$1" = "-fx" ]; then echo "Job Id: $2"; echo "    exit_status = 271";
         else echo "qstat: Unknown Job Id $2" >&2; exit 153; fi ;;
 esac
@@ -95,3 +96,13 @@ def test_a_pbs_job_gone_without_results_fails_its_node(fake_pbs, tmp_path):
     text = _crash_text(tmp_path)
     assert "BatchJobError: PBS job 100 ended as exit status 271 without results" in text
     assert not (tmp_path / "step.txt").exists()
+
+
+def test_a_job_waiting_past_job_start_timeout_is_cancelled(fake_pbs, tmp_path):
+    (fake_pbs / "mode").write_text("queued")  # queued, never started: a busy queue
+    start = time.monotonic()
+    outcome = run_workflow(_workflow(tmp_path), "PBS", {"qsub_args": "", "job_start_timeout": 2})
+    assert 2 <= time.monotonic() - start < 60
+    assert outcome.error is not None
+    assert (fake_pbs / "deleted").read_text().split() == ["100"]
+    assert "job_start_timeout" in _crash_text(tmp_path)

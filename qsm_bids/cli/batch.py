@@ -180,18 +180,22 @@ class GuardedSLURMPlugin(BatchGuard, SLURMPlugin):
 
     scheduler = "SLURM"
 
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._status: dict[int, str] = {}  # the latest squeue state of each job
+
     def _queued(self, taskid: int) -> tuple[bool, str | None]:
         state = job_state(taskid)
         if state is None:
             return False, None
         status, reason = state
-        self._last_status = status
+        self._status[taskid] = status
         if status == "PENDING" and never_starts(reason):
             return True, f"pending reason: {reason}"
         return True, None
 
     def _waiting(self, taskid: int) -> bool:
-        return getattr(self, "_last_status", "") == "PENDING"
+        return self._status.get(taskid) == "PENDING"
 
     def _cancel(self, taskid: int) -> None:
         cancel(taskid)
