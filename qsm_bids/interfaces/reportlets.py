@@ -378,6 +378,27 @@ class R2StarReportlet(ReportletInterface):
         ]
 
 
+class _SWIInputSpec(_ReportletInputSpec):
+    swi = File(exists=True, mandatory=True, desc="SWI")
+    minip = File(exists=True, mandatory=True, desc="minIP of the SWI")
+    mask = File(exists=True, desc="brain mask")
+
+
+class SWIReportlet(ReportletInterface):
+    """``desc-swi`` and ``desc-minip``: the SWI and its minimum-intensity projection."""
+
+    input_spec = _SWIInputSpec
+
+    def draw(self, cwd):
+        from qsm_bids.report.reportlets import swi_figure
+
+        mask = _opt(self.inputs.mask)
+        return [
+            swi_figure(self.path("swi"), Path(self.inputs.swi), mask, "SWI"),
+            swi_figure(self.path("minip"), Path(self.inputs.minip), mask, "SWI minIP"),
+        ]
+
+
 class _RegistrationInputSpec(_ReportletInputSpec):
     chi_template = File(exists=True, mandatory=True, desc="chi in template space (ppm)")
 

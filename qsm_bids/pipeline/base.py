@@ -59,6 +59,7 @@ from qsm_bids.pipeline.susceptibility import (
     init_r2star_wf,
     init_two_pass_wf,
 )
+from qsm_bids.pipeline.swi import init_swi_wf
 from qsm_bids.recipe import Recipe, StageChoice
 from qsm_bids.registry import resolve
 
@@ -210,6 +211,15 @@ def init_qsm_wf(
             (r2star_wf, feedback_wf, relay("r2star")),
             (r2star_wf, two_pass_wf, relay("r2star")),
             (r2star_wf, outputs_wf, relay("r2star", "t2star")),
+        ])  # fmt: skip
+    if run.magnitude_files and len(run.phase_files) >= 2:  # SWI and minIP (multi-echo)
+        swi_wf = init_swi_wf(run, **_folders(config), reportlets=rep, run_hash=run_hash,
+                             vol_gb=vol)  # fmt: skip
+        wf.connect([
+            (load, swi_wf, feed("magnitude", "meta")),
+            (outputs_wf, swi_wf, relay("sign")),
+            (two_pass_wf, swi_wf, relay("local_field", "local_mask")),
+            (mask_wf, swi_wf, [("outputnode.mask", "inputnode.brain_mask")]),
         ])  # fmt: skip
     if run.magnitude_files and config.workflow.registration:
         reg_wf = init_run_registration_wf(run, config, recipe, run_hash=run_hash,

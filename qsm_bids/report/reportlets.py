@@ -106,6 +106,18 @@ FIGURES: dict[str, FigureSpec] = {
         "suppressed cone (strong regularisation).",
     ),
     "r2star": FigureSpec("r2star", "R2*", "R2* map (1/s) with the brain-mask outline."),
+    "swi": FigureSpec(
+        "swi",
+        "SWI",
+        "Susceptibility-weighted image (CLEAR-SWI style: echo-time-weighted magnitude times a "
+        "phase mask from the local field): veins should be dark.",
+    ),
+    "minip": FigureSpec(
+        "swi",
+        "SWI minIP",
+        "Minimum-intensity projection of the SWI over a slab of a few mm along B0: veins "
+        "should show as dark connected vessels.",
+    ),
     "registration": FigureSpec(
         "registration",
         "Registration",
@@ -397,6 +409,18 @@ def r2star_figure(out_path: Path, r2star: Path, mask: Path) -> Path:
     )  # fmt: skip
 
 
+def swi_figure(out_path: Path, image: Path, mask: Path | None, title: str) -> Path:
+    """The SWI or its minIP (grey, 0 to the 99th percentile in the brain), brain outline."""
+    data, vox, _ = fg.load_ras(Path(image))
+    brain = _mask(mask, data.shape)
+    view = slice_view(brain, vox)
+    hi = fg.robust_window(data, brain, percentile=99.0)[1]
+    return fg.plot_orthogonal(
+        data, vox, out_path, cut=view.cut, crop=view.crop, cmap="gray", vmin=0.0,
+        vmax=max(hi, 1e-6), units="a.u.", title=title, contours=_contours(brain),
+    )  # fmt: skip
+
+
 def registration_figure(out_path: Path, chi_template: Path) -> Path:
     """The map in template space under the template's outlines
     (:func:`qsm_bids.report.figures.plot_registration`)."""
@@ -428,6 +452,7 @@ __all__ = [
     "labels_figure",
     "noise_figure",
     "r2star_figure",
+    "swi_figure",
     "reference_figure",
     "registration_figure",
     "slice_view",
