@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -80,32 +81,86 @@ def test_bad_input():
         minimum_intensity_projection(np.ones((2, 2, 2)), 0)
 
 
-def test_simulated_veins_darker(tmp_path):
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """The 3 mm realistic phantom: magnitudes, echo times, truth local field, masks."""
     from qsm_bids.simulate.dataset import TRUTH_NAME, simulate_dataset
     from qsm_bids.simulate.phantom import VEIN
 
-    simulate_dataset(tmp_path, subjects=1, resolution_mm=3, phantom="realistic")
-    anat = tmp_path / "sub-01" / "anat"
-    truth = tmp_path / "derivatives" / TRUTH_NAME / "sub-01" / "anat"
+    root = tmp_path_factory.mktemp("swi_phantom")
+    simulate_dataset(root, subjects=1, resolution_mm=3, phantom="realistic")
+    anat = root / "sub-01" / "anat"
+    truth = root / "derivatives" / TRUTH_NAME / "sub-01" / "anat"
     mags, tes = [], []
     for f in sorted(anat.glob("*_part-mag_MEGRE.nii.gz")):
         mags.append(np.asarray(nib.load(f).dataobj, dtype=np.float32))
-        tes.append(
-            json.loads(f.with_name(f.name.replace(".nii.gz", ".json")).read_text())["EchoTime"]
-        )
-    mag = np.stack(mags, axis=-1)
-    field = np.asarray(nib.load(truth / "sub-01_desc-local_fieldmap.nii.gz").dataobj)
-    brain = np.asarray(nib.load(truth / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
-    chi = np.asarray(nib.load(truth / "sub-01_Chimap.nii.gz").dataobj)
-    dseg = np.asarray(nib.load(truth / "sub-01_dseg.nii.gz").dataobj)
-    vein = (dseg == VEIN) & brain
+        side = f.with_name(f.name.replace(".nii.gz", ".json"))
+        tes.append(json.loads(side.read_text())["EchoTime"])
+
+    def load(name):
+        return np.asarray(nib.load(truth / f"sub-01_{name}.nii.gz").dataobj)
+
+    brain = load("desc-brain_mask") > 0
+    vein = (load("dseg") == VEIN) & brain
+    shell = ndimage.binary_dilation(vein, iterations=2) & ~vein & brain
+    shell &= np.abs(load("Chimap")) < 0.2  # tissue, not another vein or a nucleus
+    return {
+        "root": root,
+        "mag": np.stack(mags, axis=-1),
+        "tes": np.array(tes),
+        "field": load("desc-local_fieldmap"),
+        "field_path": truth / "sub-01_desc-local_fieldmap.nii.gz",
+        "brain_path": truth / "sub-01_desc-brain_mask.nii.gz",
+        "brain": brain,
+        "vein": vein,
+        "shell": shell,
+    }
+
+
+def test_simulated_veins_darker(phantom):
+    vein, shell, brain = phantom["vein"], phantom["shell"], phantom["brain"]
     assert vein.sum() > 20
-    assert field[vein].mean() > 0  # the project's sign: paramagnetic vein, positive field
-    shell = ndimage.binary_dilation(vein, iterations=2) & ~vein & brain & (np.abs(chi) < 0.2)
-    out = swi(mag, np.array(tes), field, mask=brain)
-    comb = combine_magnitude(mag, np.array(tes))
+    assert phantom["field"][vein].mean() > 0  # the project's sign: vein, positive field
+    out = swi(phantom["mag"], phantom["tes"], phantom["field"], mask=brain)
+    comb = combine_magnitude(phantom["mag"], phantom["tes"])
     # the phase mask darkens the veins beyond their magnitude contrast
     assert out[vein].mean() / out[shell].mean() < comb[vein].mean() / comb[shell].mean()
     assert out[vein].mean() < 0.8 * out[shell].mean()
     mip = minimum_intensity_projection(out, slab_voxels(8.0, 3.0))
     assert mip[vein].mean() < 0.8 * mip[shell].mean()
+
+
+def test_swi_interface_writes_derivatives(phantom, tmp_path):
+    """The interface's files: BIDS names, sidecars, and veins darker than tissue."""
+    from qsm_bids.bids.layout import find_runs
+    from qsm_bids.interfaces.load import run_to_json
+    from qsm_bids.interfaces.swi import SWI
+
+    (run,) = find_runs(phantom["root"])
+    ref = nib.load(run.magnitude_files[0])
+    mag4 = tmp_path / "mag.nii.gz"
+    nib.save(nib.Nifti1Image(phantom["mag"], ref.affine), mag4)
+    negated = tmp_path / "negated_field.nii.gz"  # as the pipeline gives it with sign -1
+    nib.save(nib.Nifti1Image(-phantom["field"].astype(np.float32), ref.affine), negated)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"echo_times": phantom["tes"].tolist(), "b0_dir": [0, 0, 1],
+                                "voxel_size": [3.0, 3.0, 3.0]}))  # fmt: skip
+    out_dir = tmp_path / "out"
+    res = SWI(
+        magnitude=str(mag4), local_field=str(negated), sign=-1, mask=str(phantom["brain_path"]),
+        meta=str(meta), run_json=run_to_json(run), output_dir=str(out_dir),
+        bids_dir=str(phantom["root"]), run_hash="abc",
+    ).run(cwd=str(tmp_path))  # fmt: skip
+    vein, shell = phantom["vein"], phantom["shell"]
+    for key in ("swi", "minip"):
+        path = Path(getattr(res.outputs, key))
+        assert path.name == f"sub-01_desc-{key}_T2starw.nii.gz"
+        side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert side["RunHash"] == "abc" and side["SWIParameters"]["PhaseMaskPower"] == 4.0
+        assert any("part-mag" in s for s in side["Sources"])
+        data = np.asarray(nib.load(path).dataobj)
+        assert data[vein].mean() < 0.8 * data[shell].mean()
+    minip_side = json.loads(
+        Path(res.outputs.minip).with_suffix("").with_suffix(".json").read_text()
+    )
+    assert minip_side["SWIParameters"]["SlabVoxels"] == 3
