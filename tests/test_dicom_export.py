@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -172,3 +173,13 @@ def test_cli_writes_series(tmp_path: Path) -> None:
     data = _map(nii, np.eye(4))
     assert main(["dicom-export", str(nii), str(tmp_path / "dcm")]) == 0
     assert len(list((tmp_path / "dcm").glob("*.dcm"))) == data.shape[2]
+
+
+def test_description_names_algorithms(tmp_path: Path) -> None:
+    nii = tmp_path / "sub-03_Chimap.nii.gz"
+    _map(nii, np.eye(4))
+    side = {"Stages": {"unwrap": {"Algorithm": "laplacian"}, "inversion": {"Algorithm": "tkd"}}}
+    (tmp_path / "sub-03_Chimap.json").write_text(json.dumps(side))
+    export_map(nii, tmp_path / "dcm")
+    desc = _read(tmp_path / "dcm")[0].SeriesDescription
+    assert desc.startswith("QSM Chimap (ppm)") and "laplacian" in desc and "tkd" in desc

@@ -180,10 +180,11 @@ def export_map(
     col_cos = m[:, 1] / dj
 
     if series_description is None:
+        stages = sidecar.get("Stages") or sidecar.get("QSMPipeline") or {}
         algos = [
-            str(sidecar[k])
-            for k in ("UnwrappingMethod", "BackgroundRemovalMethod", "InversionMethod")
-            if k in sidecar
+            str(spec.get("Algorithm", spec.get("algorithm", "")))
+            for spec in (stages.values() if isinstance(stages, dict) else [])
+            if isinstance(spec, dict) and spec.get("Algorithm", spec.get("algorithm"))
         ]
         series_description = "QSM Chimap (ppm)" + (f" {'/'.join(algos)}" if algos else "")
     series_description = series_description[:64]
