@@ -17,6 +17,7 @@ from pathlib import Path
 from qsm_bids.cli.parser import (
     SUBCOMMANDS,
     build_demo_parser,
+    build_dicom_export_parser,
     build_evaluate_parser,
     build_invert_parser,
     build_simulate_parser,
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return run_evaluate(build_evaluate_parser().parse_args(rest))
                 if command == "invert":
                     return cmd_invert(build_invert_parser().parse_args(rest))
+                if command == "dicom-export":
+                    return cmd_dicom_export(build_dicom_export_parser().parse_args(rest))
                 return cmd_demo(build_demo_parser().parse_args(rest))
             except (ValueError, OSError) as exc:  # bad options for the simulator, disk full
                 print(f"qsm-bids {command}: error: {exc}", file=sys.stderr)
@@ -306,3 +309,17 @@ def cmd_demo(ns) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def cmd_dicom_export(ns) -> int:
+    """``qsm-bids dicom-export MAP OUTPUT_DIR [--source-dicom DIR]``"""
+    from qsm_bids.dicom.export import export_map
+
+    files = export_map(
+        ns.map,
+        ns.output_dir,
+        source_dicom=ns.source_dicom,
+        series_description=ns.series_description,
+    )
+    print(f"wrote {len(files)} DICOM files to {ns.output_dir}")
+    return 0

@@ -15,7 +15,7 @@ from qsm_bids.recipe import builtin_recipes
 if TYPE_CHECKING:
     from qsm_bids.config import Config
 
-SUBCOMMANDS = ("simulate", "demo", "evaluate", "invert")
+SUBCOMMANDS = ("simulate", "demo", "evaluate", "invert", "dicom-export")
 
 DESCRIPTION = """\
 qsm_bids: Quantitative Susceptibility Mapping (QSM) from multi-echo gradient-echo MRI in a
@@ -29,6 +29,7 @@ Other commands:
   qsm-bids demo [OUT_DIR]           simulate, run the pipeline and report accuracy vs. the truth
   qsm-bids evaluate CHIMAP TRUTH    score a map against a known truth (QSM challenge metrics)
   qsm-bids invert FIELD MASK OUTPUT --unit ppm|Hz
+  qsm-bids dicom-export MAP OUTPUT_DIR [--source-dicom DIR]
                                     susceptibility map from a field map made by another tool
 Run 'qsm-bids <command> --help' for their options.
 """
@@ -534,4 +535,19 @@ def build_invert_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="qsm-bids invert", description=INVERT_DESCRIPTION)
     add_invert_arguments(p)
+    return p
+
+
+def build_dicom_export_parser() -> argparse.ArgumentParser:
+    """Parser of ``qsm-bids dicom-export``."""
+    p = argparse.ArgumentParser(
+        prog="qsm-bids dicom-export",
+        description="Write a 3D map (e.g. a Chimap in ppm) as a DICOM MR series for PACS viewers.",
+    )
+    p.add_argument("map", type=Path, help="the NIfTI map (ppm)")
+    p.add_argument("output_dir", type=Path, help="folder for the DICOM files (created)")
+    p.add_argument(
+        "--source-dicom", type=Path, default=None, help="source series: keep its patient and study"
+    )
+    p.add_argument("--series-description", default=None)
     return p

@@ -1,0 +1,1 @@
+"""DICOM export of quantitative maps (PACS-viewable series)."""
