@@ -45,7 +45,8 @@ from qsm_bids.bids.layout import Run
 from qsm_bids.interfaces.base import read_mask, read_meta, read_volume, write_like
 from qsm_bids.interfaces.load import run_from_json, run_to_json
 
-log = logging.getLogger("nipype.interface")
+#: qsm_bids's own logger: its handlers are set up per invocation (the console and the log file)
+log = logging.getLogger("qsm_bids")
 
 
 @dataclass(frozen=True)
