@@ -16,6 +16,7 @@ where it is largest). The phase mask therefore attenuates positive local field v
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = [
     "combine_magnitude",
@@ -45,14 +46,14 @@ def combine_magnitude(magnitude: np.ndarray, echo_times_s: np.ndarray) -> np.nda
     ndarray, shape (X, Y, Z), float32
         Combined magnitude (the units of ``magnitude``).
     """
-    mag = np.asarray(magnitude, dtype=np.float64)
-    te = np.asarray(echo_times_s, dtype=np.float64).ravel()
+    mag = np.asarray(magnitude, dtype=np.float32)  # the echo stack: no float64 copy
+    te = np.asarray(echo_times_s, dtype=np.float32).ravel()
     if mag.ndim != 4 or mag.shape[-1] != te.size:
         raise ValueError(f"magnitude {mag.shape} must be 4D with one volume per echo ({te.size})")
     if np.any(te <= 0):
         raise ValueError("echo times must be positive")
-    num = np.sqrt(np.sum((mag * te) ** 2, axis=-1))
-    return (num / np.sqrt(np.sum(te**2))).astype(np.float32)
+    num = np.sqrt(np.sum(np.square(mag * te), axis=-1, dtype=np.float32))
+    return (num / np.float32(np.sqrt(np.sum(np.square(te))))).astype(np.float32, copy=False)
 
 
 def phase_mask(
@@ -91,12 +92,12 @@ def phase_mask(
         raise ValueError("echo_time_s must be positive")
     if power <= 0:
         raise ValueError("power must be positive")
-    f = np.nan_to_num(np.asarray(local_field_hz, dtype=np.float64))
-    phi = 2.0 * np.pi * f * float(echo_time_s)
-    w = np.clip(1.0 - phi / np.pi, 0.0, 1.0)
+    f = np.nan_to_num(np.asarray(local_field_hz, dtype=np.float32))
+    # 1 - phi / pi with phi = 2 pi f TE
+    w = np.clip(np.float32(1.0) - np.float32(2.0 * float(echo_time_s)) * f, 0.0, 1.0)
     if mask is not None:
-        w = np.where(np.asarray(mask, dtype=bool), w, 1.0)
-    return (w**power).astype(np.float32)
+        w = np.where(np.asarray(mask, dtype=bool), w, np.float32(1.0))
+    return (w ** np.float32(power)).astype(np.float32, copy=False)
 
 
 def swi(
@@ -168,12 +169,8 @@ def minimum_intensity_projection(volume: np.ndarray, slab: int, axis: int = 2) -
         raise ValueError("slab must be >= 1 slice")
     v = np.moveaxis(np.asarray(volume, dtype=np.float32), axis, -1)
     v = np.where(np.isfinite(v), v, np.inf)
-    n = v.shape[-1]
-    out = np.empty_like(v)
-    lo_off = slab // 2
-    for k in range(n):
-        lo = max(0, k - lo_off)
-        hi = min(n, k - lo_off + slab)
-        out[..., k] = v[..., lo:hi].min(axis=-1)
+    # the window of slice k covers k - slab // 2 ... k - slab // 2 + slab - 1; "nearest"
+    # padding repeats the edge slice, which leaves the minimum of the shortened window
+    out = ndimage.minimum_filter1d(v, size=int(slab), axis=-1, mode="nearest")
     out[~np.isfinite(out)] = np.nan
     return np.moveaxis(out, -1, axis)
