@@ -59,16 +59,15 @@ DESCRIPTIONS: dict[str, str] = {
 SIGNED = ("total_field", "local_field")
 
 
-def _streaking(chi: np.ndarray, mask_file: str, meta: dict) -> dict[str, float]:
-    """``{"StreakingIndex": value}`` of the final map inside the mask it is defined on
+def _streaking(chi: np.ndarray, mask_file: str, meta: dict) -> float:
+    """The streaking index of the final map inside the mask it is defined on
     (:func:`qsm_bids.core.streaking.streaking_index`: one real FFT of the padded mask box);
-    empty where the index is undefined (a constant map)."""
+    NaN where the index is undefined (a constant map, fewer than 2 voxels)."""
     mask = np.asarray(nb.load(mask_file).dataobj) > 0
     try:
-        value = streaking_index(chi, mask, meta["voxel_size"], meta["b0_dir"])
-    except ValueError:  # fewer than 2 voxels
-        return {}
-    return {"StreakingIndex": round(value, 4)} if np.isfinite(value) else {}
+        return float(streaking_index(chi, mask, meta["voxel_size"], meta["b0_dir"]))
+    except ValueError:  # fewer than 2 voxels, no usable shell
+        return float("nan")
 
 
 def run_hash_field(run_hash: str) -> dict[str, str]:
@@ -103,6 +102,7 @@ class _WriteInputSpec(BaseInterfaceInputSpec):
 
 class _WriteOutputSpec(TraitedSpec):
     out_files = traits.List(traits.Str, desc="derivative files written")
+    streaking_index = traits.Float(desc="the Chimap's streaking index (NaN: undefined)")
 
 
 class WriteDerivatives(SimpleInterface):
@@ -159,7 +159,10 @@ class WriteDerivatives(SimpleInterface):
             if is_mask:
                 sidecar["Type"] = "Brain"
             if key == "chi":
-                sidecar.update(_streaking(data, self.inputs.local_mask, meta))
+                value = _streaking(data, self.inputs.local_mask, meta)
+                self._results["streaking_index"] = value
+                if np.isfinite(value):
+                    sidecar["StreakingIndex"] = round(value, 4)
             write_nifti_atomic(
                 path,
                 (data > 0) if is_mask else data.astype(np.float32),

@@ -195,7 +195,8 @@ def init_qsm_wf(
     figures_wf = init_estimate_reportlets_wf(rep, ref, reference_mask=susc["reference_mask"])
     wf.connect([
         (outputs_wf, figures_wf, [("outputnode.chi", "inputnode.chi"),
-                                  ("outputnode.sign", "inputnode.sign")]),
+                                  ("outputnode.sign", "inputnode.sign"),
+                                  ("outputnode.streaking_index", "inputnode.streaking_index")]),
         (two_pass_wf, figures_wf, relay("local_field", "local_mask", "reference_note")),
         (combine_wf, figures_wf, [("outputnode.field", "inputnode.total_field")]),
         (mask_wf, figures_wf, [("outputnode.mask", "inputnode.brain_mask")]),

@@ -60,11 +60,14 @@ def init_outputs_wf(
     Inputs: ``meta``, ``chi`` (ppm, before the sign check), :data:`WRITTEN` (``r2star``
     and ``t2star`` optional). Outputs: ``chi`` (ppm, sign-checked: what the regional
     statistics use), ``sign`` (+1 or -1: what the check applied; the field figures follow it)
-    and ``out_files`` (the derivatives written).
+    ``streaking_index`` (the Chimap's, as in its sidecar) and ``out_files`` (the derivatives
+    written).
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(["meta", "chi", *WRITTEN]), name="inputnode")
-    outputnode = pe.Node(IdentityInterface(["chi", "sign", "out_files"]), name="outputnode")
+    outputnode = pe.Node(
+        IdentityInterface(["chi", "sign", "streaking_index", "out_files"]), name="outputnode"
+    )
     sign = pe.Node(CheckPhaseSign(mode=phase_sign), name="phase_sign", mem_gb=2 * vol_gb + 0.1)
     write = pe.Node(
         WriteDerivatives(
@@ -84,6 +87,6 @@ def init_outputs_wf(
         (inputnode, write, pass_through("meta", *WRITTEN)),
         (sign, write, [("chi", "chi"), ("sign", "sign"), ("report", "sign_check")]),
         (sign, outputnode, [("chi", "chi"), ("sign", "sign")]),
-        (write, outputnode, [("out_files", "out_files")]),
+        (write, outputnode, [("out_files", "out_files"), ("streaking_index", "streaking_index")]),
     ])  # fmt: skip
     return wf

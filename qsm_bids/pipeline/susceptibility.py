@@ -199,7 +199,8 @@ def init_estimate_reportlets_wf(
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         IdentityInterface(["chi", "sign", "total_field", "local_field", "local_mask",
-                           "brain_mask", "meta", "reference_note", "r2star", "magnitude"]),
+                           "brain_mask", "meta", "reference_note", "r2star", "magnitude",
+                           "streaking_index"]),
         name="inputnode",
     )  # fmt: skip
     total = reportlets.node(FieldReportlet, "totalfield_reportlet", which="total")
@@ -218,7 +219,8 @@ def init_estimate_reportlets_wf(
         (inputnode, local, [("local_field", "field"), ("brain_mask", "mask"),
                             ("local_mask", "local_mask"), ("sign", "sign")]),
         (inputnode, chimap, [("chi", "chi"), ("local_mask", "mask"),
-                             ("brain_mask", "brain_mask"), ("meta", "meta")]),
+                             ("brain_mask", "brain_mask"), ("meta", "meta"),
+                             ("streaking_index", "streaking_index")]),
         (inputnode, region, [("chi", "chi"), ("local_mask", "mask"), ("meta", "meta"),
                              ("reference_note", "note"), ("r2star", "r2star"),
                              ("magnitude", "magnitude")]),
